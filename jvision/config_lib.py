@@ -1,0 +1,62 @@
+"""Shared config defaults and the `:arg` convention of config files.
+
+Every config file defines `get_config(arg: str | None = None)`; `arg` is the text after the colon in
+`--config=configs/x.py:ARG`. Each accepts `tiny`, a run of seconds used by the tests.
+"""
+
+import ml_collections
+
+KNOWN_ARGS = ("tiny",)
+
+
+def parse_arg(arg: str | None) -> str:
+    """Returns the config variant named by `arg` ('' for the default); rejects unknown ones."""
+    arg = (arg or "").strip()
+    if arg and arg not in KNOWN_ARGS:
+        raise ValueError(f"unknown config argument {arg!r}; known: {', '.join(KNOWN_ARGS)}")
+    return arg
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every experiment has; config files fill in `model`, `data` and the step counts."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.total_steps = 1000
+    config.batch_size = 64  # Global, over all devices and processes.
+    config.eval_batch_size = 256
+    config.log_every_steps = 100
+    config.eval_every_steps = 1000
+    config.ckpt_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.num_summary_images = 64
+    # Profile `profile_steps` train steps starting at `profile_first_step` (0 steps: off).
+    config.profile_steps = 0
+    config.profile_first_step = 10
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.weight_decay = 0.0
+    # Piecewise-constant decay: multiply the rate by `decay_factor` at each of these steps.
+    config.optimizer.decay_steps = ()
+    config.optimizer.decay_factor = 0.1
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "embedded_mnist"
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default.
+    config.data.train_split = "train"
+    config.data.eval_split = "test"
+    config.data.binarize = "dynamic"  # 'dynamic' (Bernoulli resampled per epoch), 'none'.
+    config.data.num_workers = 0  # Grain worker processes; 0 reads in threads of this process.
+    config.data.num_threads = 4
+    config.data.prefetch_batches = 4
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = ""
+
+    # Evaluations: name -> {type: module in jvision.evaluators, split}. Metric names are
+    # prefixed with the evaluation's name, e.g. `test/nelbo_nats`.
+    config.evals = ml_collections.ConfigDict()
+    return config

@@ -1,0 +1,69 @@
+"""Which datasets jvision reads, and how to open one of their splits as a random-access source.
+
+`embedded_mnist` is prepared on first use from files already on disk. Every other dataset is read
+with TFDS's own builder; when it has not been prepared, the error says how to prepare it.
+"""
+
+import dataclasses
+import os
+
+import tensorflow_datasets as tfds
+
+from jvision.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    tfds_name: str
+    pixel_max: int  # Stored value of a white pixel: images are scaled by 1 / pixel_max.
+    splits: tuple[str, ...]
+    local: bool = False  # Prepared from files on disk; needs no network.
+
+
+DATASETS = {
+    "embedded_mnist": DatasetSpec("embedded_mnist", 255, ("train", "test"), local=True),
+    "mnist": DatasetSpec("mnist", 255, ("train", "test")),
+    "binarized_mnist": DatasetSpec("binarized_mnist", 1, ("train", "validation", "test")),
+}
+
+
+def spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise UserError(f"unknown data.name {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def data_dir(configured: str | None) -> str:
+    return (
+        configured or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    )
+
+
+def prepare_command(name: str) -> str:
+    return f"python -m jvision.data.prepare --dataset={name}"
+
+
+def open_source(name: str, split: str, configured_dir: str | None = None):
+    """Returns a TFDS data source (len + random access) for `split` of dataset `name`."""
+    dataset = spec(name)
+    if split.split("[")[0] not in dataset.splits:
+        raise UserError(
+            f"dataset {name!r} has no split {split!r}; its splits: {', '.join(dataset.splits)}"
+        )
+    directory = data_dir(configured_dir)
+    if dataset.local:
+        from jvision.data import embedded_mnist  # Registers the builder.
+
+        builder = embedded_mnist.EmbeddedMnist(data_dir=directory, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+        return builder.as_data_source(split=split)
+    try:
+        return tfds.data_source(dataset.tfds_name, split=split, data_dir=directory, download=False)
+    except Exception as error:  # TFDS raises several types for "not prepared here".
+        raise UserError(
+            f"dataset {name!r} is not prepared in {directory} and cannot be downloaded offline; "
+            f"on a machine with internet run `{prepare_command(name)} --data_dir={directory}` "
+            f"(or `tfds build {dataset.tfds_name}`) and copy the directory here, or set "
+            f"TFDS_DATA_DIR / --config.data.data_dir to where it is ({type(error).__name__})"
+        ) from error

@@ -1,0 +1,140 @@
+"""Convolutional VAE (Kingma & Welling 2014) with a Bernoulli likelihood on binarized images.
+
+The encoder and decoder follow pytlib's conv stacks (3×3 convs with BatchNorm and ReLU, strides
+2-1-2, mirrored in the decoder), with SAME padding so 28×28 maps halve exactly. The decoder
+upsamples with sub-pixel convolutions (a conv to C·s² channels, then depth-to-space) instead of
+pytlib's transposed convs: the same family of maps, and on XLA:CPU about 8× faster to train (the
+kernel gradient of a strided transposed conv is slow there). The loss is the negative ELBO summed
+over pixels, in nats per image (pytlib averaged it per pixel instead).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jvision.ops import distributions, spatial
+
+
+class UpConv(nnx.Module):
+    """3×3 conv that upsamples by `stride`: [B, H, W, cin] -> [B, H·s, W·s, cout]."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+        self.stride = stride
+        self.conv = nnx.Conv(cin, cout * stride * stride, (3, 3), padding="SAME", rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return spatial.depth_to_space(self.conv(x), self.stride)
+
+
+class ConvBlock(nnx.Module):
+    """Conv (downsampling, or upsampling when `up`) -> BatchNorm -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, up: bool, *, rngs: nnx.Rngs):
+        if up:
+            self.conv = UpConv(cin, cout, stride, rngs=rngs)
+        else:
+            self.conv = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=rngs)
+        self.norm = nnx.BatchNorm(cout, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(self.norm(self.conv(x)))
+
+
+class VAE(nnx.Module):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        widths: tuple[int, ...],
+        strides: tuple[int, ...],
+        *,
+        rngs: nnx.Rngs,
+    ):
+        height, width, channels = image_shape
+        total_stride = math.prod(strides)
+        if height % total_stride or width % total_stride:
+            raise ValueError(
+                f"image {height}×{width} is not divisible by the stride {total_stride}"
+            )
+        self.image_shape = image_shape
+        self.latent_dim = latent_dim
+        self.feature_shape = (height // total_stride, width // total_stride, widths[-1])
+        features = self.feature_shape[0] * self.feature_shape[1] * widths[-1]
+
+        cins = (channels, *widths[:-1])
+        self.encoder = nnx.List(
+            [
+                ConvBlock(ci, co, s, False, rngs=rngs)
+                for ci, co, s in zip(cins, widths, strides, strict=True)
+            ]
+        )
+        self.posterior = nnx.Linear(features, 2 * latent_dim, rngs=rngs)
+        self.expand = nnx.Linear(latent_dim, features, rngs=rngs)
+        # Mirror of the encoder; its first block is replaced by `to_logits`.
+        self.decoder = nnx.List(
+            [
+                ConvBlock(ci, co, s, True, rngs=rngs)
+                for ci, co, s in zip(widths[:0:-1], cins[:0:-1], strides[:0:-1], strict=True)
+            ]
+        )
+        self.to_logits = UpConv(widths[0], channels, strides[0], rngs=rngs)
+
+    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[B, H, W, C] in [0, 1] -> posterior mean and log-variance, each [B, latent_dim]."""
+        h = images
+        for block in self.encoder:
+            h = block(h)
+        mean, logvar = jnp.split(self.posterior(h.reshape(h.shape[0], -1)), 2, axis=-1)
+        return mean, logvar
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """[B, latent_dim] -> Bernoulli logits [B, H, W, C]."""
+        h = jax.nn.relu(self.expand(z)).reshape(z.shape[0], *self.feature_shape)
+        for block in self.decoder:
+            h = block(h)
+        return self.to_logits(h)
+
+    def __call__(self, images: jax.Array, key: jax.Array):
+        mean, logvar = self.encode(images)
+        z = distributions.reparameterized_sample(key, mean, logvar)
+        return self.decode(z), mean, logvar
+
+
+def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> VAE:
+    return VAE(
+        tuple(model_config.image_shape),
+        model_config.latent_dim,
+        tuple(model_config.widths),
+        tuple(model_config.strides),
+        rngs=rngs,
+    )
+
+
+def _per_example_terms(model: VAE, batch, key) -> dict[str, jax.Array]:
+    images = batch["image"]
+    logits, mean, logvar = model(images, key)
+    recon = distributions.bernoulli_nll(logits, images)
+    kl = distributions.gaussian_kl_standard_normal(mean, logvar)
+    return {"nelbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
+
+
+def train_loss(model: VAE, batch, key):
+    terms = {name: value.mean() for name, value in _per_example_terms(model, batch, key).items()}
+    return terms["nelbo_nats"], terms
+
+
+def eval_metrics(model: VAE, batch, key):
+    return _per_example_terms(model, batch, key)
+
+
+def image_summaries(model: VAE, batch, key):
+    """Inputs beside their reconstructions (posterior mean decoded), and prior samples."""
+    images = batch["image"]
+    mean, _ = model.encode(images)
+    recon = jax.nn.sigmoid(model.decode(mean))
+    pairs = jnp.stack([images, recon], axis=1).reshape(-1, *images.shape[1:])
+    z = jax.random.normal(key, (images.shape[0], model.latent_dim))
+    return {"reconstructions": pairs, "samples": jax.nn.sigmoid(model.decode(z))}

@@ -1,0 +1,26 @@
+"""Optimizers from `config.optimizer`, with PyTorch-style (coupled) weight decay."""
+
+import ml_collections
+import optax
+
+from jvision.errors import UserError
+
+NAMES = ("adam", "sgd")
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict) -> optax.Schedule:
+    """Constant rate, multiplied by `decay_factor` at each step in `decay_steps`."""
+    boundaries = {int(step): opt.decay_factor for step in opt.decay_steps}
+    return optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+
+
+def make(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    if opt.name not in NAMES:
+        raise UserError(f"unknown optimizer.name {opt.name!r}; known: {', '.join(NAMES)}")
+    # Coupled decay (gradient += wd·param before the update), as torch.optim.Adam/SGD do.
+    decay = [optax.add_decayed_weights(opt.weight_decay)] if opt.weight_decay else []
+    if opt.name == "adam":
+        update = optax.scale_by_adam(b1=opt.b1, b2=opt.b2)
+    else:
+        update = optax.trace(decay=opt.get("momentum", 0.0))
+    return optax.chain(*decay, update, optax.scale_by_learning_rate(learning_rate_schedule(opt)))

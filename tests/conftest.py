@@ -1,0 +1,37 @@
+"""Test setup: 8 simulated CPU devices (set before JAX is imported) and a private TFDS dir."""
+
+import os
+import tempfile
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+# Embedded MNIST is prepared here once per session; nothing is written to the user's TFDS dir.
+os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jvision_tfds_")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # Libraries read absl flags outside app.run in tests.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def eight_devices():
+    assert jax.device_count() == 8, "tests expect 8 simulated devices; XLA_FLAGS was set too late"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = "tiny"):
+    """`configs/<name>.py:get_config(arg)`, as `--config=configs/<name>.py:<arg>` would load it."""
+    import importlib.util
+
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

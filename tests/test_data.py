@@ -1,0 +1,104 @@
+"""Embedded MNIST split, Grain pipelines, and the missing-data error."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jvision import config_lib
+from jvision.data import embedded_mnist, pipeline, sources
+from jvision.errors import UserError
+
+
+def _config(**data):
+    config = config_lib.base_config()
+    config.batch_size = 16
+    config.eval_batch_size = 24
+    config.data.update(data)
+    return config
+
+
+def test_embedded_split_is_stratified_disjoint_and_documented_size():
+    _, labels = embedded_mnist.load_digits()
+    split = embedded_mnist.stratified_split(labels, embedded_mnist.TEST_PER_CLASS, seed=0)
+    assert len(split["train"]) == 4000 and len(split["test"]) == 1000
+    assert not set(split["train"]) & set(split["test"])
+    np.testing.assert_array_equal(np.bincount(labels[split["test"]]), [100] * 10)
+    np.testing.assert_array_equal(np.bincount(labels[split["train"]]), [400] * 10)
+
+
+def test_embedded_source_holds_real_digits():
+    train = sources.open_source("embedded_mnist", "train")
+    test = sources.open_source("embedded_mnist", "test")
+    assert (len(train), len(test)) == (4000, 1000)
+    example = train[0]
+    assert example["image"].shape == (28, 28, 1) and example["image"].dtype == np.uint8
+    assert 0 <= example["label"] < 10
+    # Real digits: mostly black background, some near-white strokes.
+    assert 0.05 < (example["image"] > 0).mean() < 0.5 and example["image"].max() > 200
+
+
+def test_train_batches_binarized_deterministic_and_resumable():
+    config = _config()
+    first = pipeline.train_iterator(config)
+    batches = [next(first) for _ in range(3)]
+    assert batches[0]["image"].shape == (16, 28, 28, 1)
+    assert batches[0]["image"].dtype == np.float32 and batches[0]["label"].dtype == np.int32
+    assert set(np.unique(batches[0]["image"])) <= {0.0, 1.0}
+
+    again = pipeline.train_iterator(config)
+    next(again)
+    state = again.get_state()
+    resumed = pipeline.train_iterator(config)
+    resumed.set_state(state)
+    for expected in batches[1:]:
+        np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
+
+
+def test_epochs_are_reshuffled_and_cover_the_split():
+    config = _config(binarize="none")
+    config.batch_size = 1000
+    it = pipeline.train_iterator(config)
+    epoch1 = np.concatenate([next(it)["label"] for _ in range(4)])
+    epoch2 = np.concatenate([next(it)["label"] for _ in range(4)])
+    np.testing.assert_array_equal(np.bincount(epoch1), [400] * 10)
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_eval_batches_pad_and_mask_the_tail():
+    config = _config(binarize="none")
+    data = pipeline.EvalData(config, "test[:50]")
+    batches = list(data)
+    assert len(batches) == 3  # 24 + 24 + 2 real examples.
+    assert [b["mask"].sum() for b in batches] == [24, 24, 2]
+    assert all(b["image"].shape == (24, 28, 28, 1) for b in batches)
+    assert batches[-1]["image"][2:].sum() == 0
+    # Grayscale without binarization, scaled to [0, 1].
+    assert 0 < batches[0]["image"].max() <= 1 and len(np.unique(batches[0]["image"])) > 2
+
+
+def test_eval_binarization_is_fixed():
+    config = _config()
+    first, second = (
+        list(pipeline.EvalData(config, "test[:24]")),
+        list(pipeline.EvalData(config, "test[:24]")),
+    )
+    np.testing.assert_array_equal(first[0]["image"], second[0]["image"])
+
+
+def test_full_mnist_reads_through_tfds(tmp_path):
+    config = _config(name="mnist", data_dir=str(tmp_path))
+    with tfds.testing.mock_data(num_examples=40):
+        batch = next(pipeline.train_iterator(config))
+    assert batch["image"].shape == (16, 28, 28, 1)
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+    with pytest.raises(UserError, match=r"python -m jvision.data.prepare --dataset=mnist"):
+        sources.open_source("mnist", "train", str(tmp_path))
+
+
+def test_unknown_dataset_and_split_are_named():
+    with pytest.raises(UserError, match="known datasets: embedded_mnist, mnist"):
+        sources.open_source("cifar", "train")
+    with pytest.raises(UserError, match="no split 'validation'"):
+        sources.open_source("embedded_mnist", "validation")
