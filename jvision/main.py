@@ -5,6 +5,7 @@ Bad input ends with one line on stderr and exit status 1. The work is in `jvisio
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -27,11 +28,18 @@ def fail(message: str) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = flags.FLAGS(argv)
-    except flags.Error as error:
-        fail(str(error).splitlines()[0])
+    except AttributeError as error:  # ml_collections: an override names a key the config lacks.
+        key = re.findall(r"\w+", str(error))[-1]
+        fail(f"unknown config key {key!r} in a --config.KEY=VALUE override; see the config file")
+    except Exception as error:  # Bad flag, or a config file that fails to run.
+        fail(str(error).strip().splitlines()[-1].strip())
     for name in ("config", "workdir"):
         if flags.FLAGS[name].value is None:
             fail(f"--{name} is required")
+    try:
+        _CONFIG.value.get("model")  # The config file is loaded lazily: load it now.
+    except OSError as error:
+        fail(f"cannot load the config file: {str(error).strip().splitlines()[-1].strip()}")
     return rest
 
 

@@ -140,15 +140,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         model.eval()
         return family.image_summaries(model, batch, jax.random.key(config.seed))
 
-    def evaluate(step: int) -> dict[str, float]:
+    def evaluate(step: int, final: bool = False) -> dict[str, float]:
         results = {}
         for evaluator in evals:
             results.update(evaluator.run(graphdef, state))
         writer.write_scalars(step, results)
-        images = jax.device_get(summary_step(state, summary_batch))
-        writer.write_images(
-            step, {name: summaries.image_grid(v, columns=16) for name, v in images.items()}
-        )
+        grids = jax.device_get(summary_step(state, summary_batch))
+        pictures = {name: summaries.image_grid(grid) for name, grid in grids.items()}
+        writer.write_images(step, pictures)
+        if final and jax.process_index() == 0:  # The last pictures also go to workdir/images.
+            os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+            for name, picture in pictures.items():
+                summaries.save_png(os.path.join(workdir, "images", f"{name}.png"), picture[0])
         logging.info("step %d: %s", step, results)
         return results
 
@@ -193,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 evaluate(step)
 
         # ------------------------------------------------------------------- final evaluation
-        results = evaluate(step)
+        results = evaluate(step, final=True)
         _write_json(os.path.join(workdir, RESULTS_FILE), {"step": step, "metrics": results})
     finally:  # Also on errors: finish the checkpoint being written and flush the logs.
         ckpts.close()

@@ -48,8 +48,8 @@ def test_eval_metrics_are_per_example_and_images_in_range():
         "kl_nats": (6,),
     }
     images = vae.image_summaries(model, batch, jax.random.key(0))
-    assert images["reconstructions"].shape == (12, 28, 28, 1)
-    assert images["samples"].shape == (6, 28, 28, 1)
+    assert images["reconstructions"].shape == (1, 16, 28, 28, 1)  # 6 input/output pairs, padded.
+    assert images["samples"].shape == (1, 16, 28, 28, 1)
     assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in images.values())
 
 

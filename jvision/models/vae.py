@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jvision import summaries
 from jvision.ops import distributions, spatial
 
 
@@ -137,4 +138,8 @@ def image_summaries(model: VAE, batch, key):
     recon = jax.nn.sigmoid(model.decode(mean))
     pairs = jnp.stack([images, recon], axis=1).reshape(-1, *images.shape[1:])
     z = jax.random.normal(key, (images.shape[0], model.latent_dim))
-    return {"reconstructions": pairs, "samples": jax.nn.sigmoid(model.decode(z))}
+    samples = jax.nn.sigmoid(model.decode(z))
+    return {
+        "reconstructions": summaries.as_rows(pairs, 16),
+        "samples": summaries.as_rows(samples, 16),
+    }

@@ -1,0 +1,78 @@
+"""The command line end to end: `python -m jvision.main` as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from tensorboard.backend.event_processing import event_accumulator
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jvision.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("jvision: error:")]
+
+
+def test_tiny_vae_trains_logs_and_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    assert results["step"] == 4
+    assert 0 < results["metrics"]["test/nelbo_nats"] < 1000
+    assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {"2", "4"}
+    assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "vae"
+
+    events = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert {"train/loss", "train/kl_nats", "test/nelbo_nats"} <= tags
+    assert {"reconstructions", "samples"} <= tags
+    assert "Traceback" not in result.stderr
+
+    again = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from step 4" in again.stderr
+    assert json.load(open(os.path.join(workdir, "results.json"))) == results
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.no_such_key=1"], "no_such_key"),
+        (["--config.model.name=vqvae"], "unknown model.name 'vqvae'; known models:"),
+        (["--config.batch_size=12"], "batch_size 12 is not divisible by 8 devices"),
+        (["--config.data.name=mnist"], "python -m jvision.data.prepare --dataset=mnist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    data_dir = f"--config.data.data_dir={tmp_path / 'empty'}"
+    result = run_main(
+        "--config=configs/vae_mnist.py:tiny", f"--workdir={tmp_path / 'w'}", data_dir, *args
+    )
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_flags_and_bad_config_argument(tmp_path):
+    result = run_main("--config=configs/vae_mnist.py:tiny")
+    assert result.returncode == 1 and error_lines(result) == [
+        "jvision: error: --workdir is required"
+    ]
+    result = run_main("--config=configs/vae_mnist.py:huge", f"--workdir={tmp_path}")
+    assert result.returncode == 1
+    assert "unknown config argument 'huge'" in error_lines(result)[0]
