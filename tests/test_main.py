@@ -49,6 +49,27 @@ def test_tiny_vae_trains_logs_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "config",
+    [
+        "configs/draw_mnist.py:tiny",
+        "configs/draw_mnist_small.py:tiny",
+        "configs/draw_mnist.py:tiny --config.model.use_attention=False",
+    ],
+)
+def test_tiny_draw_variants_write_results_and_drawing_sequences(tmp_path, config):
+    config_file, *overrides = config.split()
+    result = run_main(f"--config={config_file}", f"--workdir={tmp_path}", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["step"] == 4 and results["metrics"]["test/nelbo_nats"] > 0
+    assert sorted(os.listdir(tmp_path / "images")) == [
+        "generation.png",
+        "reconstruction.png",
+        "samples.png",
+    ]
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["--config.no_such_key=1"], "no_such_key"),
