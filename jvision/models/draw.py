@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from jvision import summaries
+from jvision.models import _variational
 from jvision.ops import attention, distributions
 
 READ_COLOR = (0.1, 0.9, 0.1)
@@ -190,13 +191,7 @@ def _per_example_terms(model: DRAW, batch, key) -> dict[str, jax.Array]:
     return {"nelbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
 
 
-def train_loss(model: DRAW, batch, key):
-    terms = {name: value.mean() for name, value in _per_example_terms(model, batch, key).items()}
-    return terms["nelbo_nats"], terms
-
-
-def eval_metrics(model: DRAW, batch, key):
-    return _per_example_terms(model, batch, key)
+train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
 def _shown_steps(num_glimpses: int) -> np.ndarray:

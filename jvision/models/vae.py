@@ -16,6 +16,7 @@ import ml_collections
 from flax import nnx
 
 from jvision import summaries
+from jvision.models import _variational
 from jvision.ops import distributions, spatial
 
 
@@ -122,13 +123,7 @@ def _per_example_terms(model: VAE, batch, key) -> dict[str, jax.Array]:
     return {"nelbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
 
 
-def train_loss(model: VAE, batch, key):
-    terms = {name: value.mean() for name, value in _per_example_terms(model, batch, key).items()}
-    return terms["nelbo_nats"], terms
-
-
-def eval_metrics(model: VAE, batch, key):
-    return _per_example_terms(model, batch, key)
+train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
 def image_summaries(model: VAE, batch, key):
