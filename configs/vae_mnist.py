@@ -4,7 +4,8 @@ Command:
     python -m jvision.main --config=configs/vae_mnist.py --workdir=/tmp/vae_mnist
 
 Data: the embedded MNIST (4,000 train / 1,000 test digits), dynamically binarized.
-Result: see the README results table (measured with this command).
+Result (2026-11-22, 2-core CPU, 5 min 43 s wall): test/nelbo_nats = 100.81 after 8,000 steps
+(test negative ELBO per image: 69.60 reconstruction + 31.21 KL). 33 ms per train step.
 """
 
 from jvision import config_lib
