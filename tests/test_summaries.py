@@ -32,6 +32,6 @@ def test_image_grid_layout():
 
 
 def test_as_rows_pads_the_last_row():
-    rows = np.asarray(summaries.as_rows(np.ones((5, 2, 2, 1)), 3))
+    rows = np.asarray(summaries.as_rows(np.ones((5, 2, 2, 1), np.float32), 3))
     assert rows.shape == (2, 3, 2, 2, 1)
     assert rows[1, 2].sum() == 0 and rows[1, 1].sum() == 4
