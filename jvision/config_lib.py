@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default.
     config.data.train_split = "train"
     config.data.eval_split = "test"
+    config.data.shuffle = True
     config.data.binarize = "dynamic"  # 'dynamic' (Bernoulli resampled per epoch), 'none'.
     config.data.num_workers = 0  # Grain worker processes; 0 reads in threads of this process.
     config.data.num_threads = 4

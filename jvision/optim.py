@@ -1,5 +1,6 @@
 """Optimizers from `config.optimizer`, with PyTorch-style (coupled) weight decay."""
 
+import jax
 import ml_collections
 import optax
 
@@ -23,4 +24,13 @@ def make(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
         update = optax.scale_by_adam(b1=opt.b1, b2=opt.b2)
     else:
         update = optax.trace(decay=opt.get("momentum", 0.0))
-    return optax.chain(*decay, update, optax.scale_by_learning_rate(learning_rate_schedule(opt)))
+    chain = [*decay, update, optax.scale_by_learning_rate(learning_rate_schedule(opt))]
+    if opt.get("bias_lr_multiplier", 1.0) != 1.0:  # E.g. the SSD tutorial's biases at 2× rate.
+        chain.append(optax.masked(optax.scale(opt.bias_lr_multiplier), _is_bias))
+    return optax.chain(*chain)
+
+
+def _is_bias(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(key, "key", None) == "bias" for key in path), params
+    )

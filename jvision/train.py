@@ -74,7 +74,7 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, 
         return family.train_loss(model, batch, key)
 
     _, term_shapes = jax.eval_shape(loss_and_terms, state, batch_spec, base_key)
-    metrics_class = _metric_collection(["loss", *term_shapes])
+    metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes]))
 
     def train_step(state, metrics, batch, step):
         model, optimizer = nnx.merge(graphdef, state)
@@ -82,7 +82,7 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, 
         grad_fn = nnx.value_and_grad(family.train_loss, has_aux=True)
         (loss, terms), grads = grad_fn(model, batch, key)
         optimizer.update(model, grads)
-        new_metrics = metrics_class.single_from_model_output(loss=loss, **terms)
+        new_metrics = metrics_class.single_from_model_output(**{"loss": loss, **terms})
         return nnx.state((model, optimizer)), metrics.merge(new_metrics)
 
     replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)

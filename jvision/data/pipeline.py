@@ -2,7 +2,9 @@
 
 Batches are dicts of NumPy arrays holding this process's share of the global batch:
 `image` float32 [B, H, W, C] in [0, 1] (binarized to {0, 1} when `data.binarize` asks for it),
-`label` int32 [B]; eval batches add `mask` float32 [B] (0 marks padding).
+other fields as stored, 64-bit integers as int32 (`label` [B] for classification datasets,
+`boxes` [B, 4, 4] and `labels` [B, 4] for detection); eval batches add `mask` float32 [B] (0 marks
+padding).
 """
 
 import logging
@@ -21,16 +23,18 @@ BINARIZE_MODES = ("dynamic", "none")
 
 
 class Decode(grain.transforms.Map):
-    """uint8 images -> float32 in [0, 1]; integer labels -> int32. Works on batches."""
+    """uint8 images -> float32 in [0, 1]; 64-bit integers -> int32. Works on batches."""
 
     def __init__(self, pixel_max: int):
         self.scale = 1.0 / pixel_max
 
     def map(self, example):
-        return {
-            "image": example["image"].astype(np.float32) * self.scale,
-            "label": np.asarray(example["label"], np.int32),
+        decoded = {
+            key: np.asarray(value, np.int32) if np.asarray(value).dtype == np.int64 else value
+            for key, value in example.items()
         }
+        decoded["image"] = example["image"].astype(np.float32) * self.scale
+        return decoded
 
 
 class Binarize(grain.transforms.RandomMap):
@@ -62,12 +66,15 @@ def _examples(data: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
 
 
 def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
-    """An infinite, checkpointable iterator of training batches, reshuffled every epoch."""
+    """An infinite, checkpointable iterator of training batches, reshuffled every epoch unless
+    `data.shuffle` is False (then every epoch has the stored order)."""
     data = config.data
     local_batch = _local_batch_size(config.batch_size, "batch_size")
     ds, size = _examples(data, data.train_split)
     logging.info("train data: %s[%s], %d examples", data.name, data.train_split, size)
-    ds = ds.shuffle(seed=config.seed).repeat(None)
+    if data.shuffle:
+        ds = ds.shuffle(seed=config.seed)
+    ds = ds.repeat(None)
     # Per-example work runs on whole batches: Grain's per-element overhead dominates at MNIST size.
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map(Decode(sources.spec(data.name).pixel_max))

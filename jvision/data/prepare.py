@@ -19,7 +19,7 @@ def main(argv):
     name = _DATASET.value
     directory = sources.data_dir(_DATA_DIR.value)
     dataset = sources.spec(name)
-    if dataset.local:
+    if dataset.builder:
         sources.open_source(name, dataset.splits[0], directory)
     else:
         builder = sources.tfds.builder(dataset.tfds_name, data_dir=directory)

@@ -1,10 +1,12 @@
 """Which datasets jvision reads, and how to open one of their splits as a random-access source.
 
-`embedded_mnist` is prepared on first use from files already on disk. Every other dataset is read
-with TFDS's own builder; when it has not been prepared, the error says how to prepare it.
+jvision's own datasets (`embedded_mnist`, `mnist_detection`) are prepared on first use from data
+already on disk. Every other dataset is read with TFDS's own builder; when it has not been
+prepared, the error says how to prepare it.
 """
 
 import dataclasses
+import importlib
 import os
 
 import tensorflow_datasets as tfds
@@ -17,13 +19,29 @@ class DatasetSpec:
     tfds_name: str
     pixel_max: int  # Stored value of a white pixel: images are scaled by 1 / pixel_max.
     splits: tuple[str, ...]
-    local: bool = False  # Prepared from files on disk; needs no network.
+    # jvision's own builder ("module:Class" or "module:Class/config"), prepared on first use from
+    # data already here; None for TFDS's catalogue datasets.
+    builder: str | None = None
 
 
 DATASETS = {
-    "embedded_mnist": DatasetSpec("embedded_mnist", 255, ("train", "test"), local=True),
+    "embedded_mnist": DatasetSpec(
+        "embedded_mnist", 255, ("train", "test"), "jvision.data.embedded_mnist:EmbeddedMnist"
+    ),
     "mnist": DatasetSpec("mnist", 255, ("train", "test")),
     "binarized_mnist": DatasetSpec("binarized_mnist", 1, ("train", "validation", "test")),
+    "mnist_detection": DatasetSpec(
+        "mnist_detection",
+        255,
+        ("train", "test"),
+        "jvision.data.mnist_detection:MnistDetection/embedded",
+    ),
+    "mnist_detection_full": DatasetSpec(
+        "mnist_detection",
+        255,
+        ("train", "test"),
+        "jvision.data.mnist_detection:MnistDetection/full",
+    ),
 }
 
 
@@ -43,6 +61,14 @@ def prepare_command(name: str) -> str:
     return f"python -m jvision.data.prepare --dataset={name}"
 
 
+def own_builder(path: str, directory: str) -> tfds.core.DatasetBuilder:
+    """Instantiates one of jvision's builders from "module:Class[/config]"."""
+    module_name, _, class_and_config = path.partition(":")
+    class_name, _, config = class_and_config.partition("/")
+    builder_class = getattr(importlib.import_module(module_name), class_name)
+    return builder_class(data_dir=directory, file_format="array_record", config=config or None)
+
+
 def open_source(name: str, split: str, configured_dir: str | None = None):
     """Returns a TFDS data source (len + random access) for `split` of dataset `name`."""
     dataset = spec(name)
@@ -51,10 +77,8 @@ def open_source(name: str, split: str, configured_dir: str | None = None):
             f"dataset {name!r} has no split {split!r}; its splits: {', '.join(dataset.splits)}"
         )
     directory = data_dir(configured_dir)
-    if dataset.local:
-        from jvision.data import embedded_mnist  # Registers the builder.
-
-        builder = embedded_mnist.EmbeddedMnist(data_dir=directory, file_format="array_record")
+    if dataset.builder:
+        builder = own_builder(dataset.builder, directory)
         if not builder.is_prepared():
             builder.download_and_prepare()
         return builder.as_data_source(split=split)
