@@ -97,3 +97,12 @@ def test_missing_flags_and_bad_config_argument(tmp_path):
     result = run_main("--config=configs/vae_mnist.py:huge", f"--workdir={tmp_path}")
     assert result.returncode == 1
     assert "unknown config argument 'huge'" in error_lines(result)[0]
+
+
+def test_tiny_ssd_reports_map_and_per_class_ap(tmp_path):
+    result = run_main("--config=configs/ssd_mnist.py:tiny", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "results.json"))["metrics"]
+    assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
+    assert 0 <= metrics["test/mAP"] <= 1
+    assert os.path.exists(tmp_path / "images" / "detections.png")

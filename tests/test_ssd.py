@@ -1,0 +1,105 @@
+"""SSD: network shapes, MultiBoxLoss against NumPy, hard-negative mining, detection outputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import load_config
+from flax import nnx
+
+from jvision.models import ssd
+from jvision.ops import boxes as box_ops
+
+
+def _model():
+    return ssd.build(load_config("ssd_mnist", None).model, nnx.Rngs(0))
+
+
+def _batch(batch=2):
+    rng = np.random.default_rng(0)
+    gt_boxes = np.zeros((batch, 4, 4), np.float32)
+    gt_boxes[:, 0] = [0.1, 0.1, 0.5, 0.4]
+    gt_boxes[:, 1] = [0.5, 0.55, 0.95, 0.85]
+    labels = np.array([[1, 7, -1, -1]] * batch, np.int32)
+    return {
+        "image": rng.random((batch, 32, 32, 1)).astype(np.float32),
+        "boxes": gt_boxes,
+        "labels": labels,
+    }
+
+
+def test_network_outputs_one_row_per_prior():
+    model = _model()
+    offsets, logits = model(jnp.zeros((3, 32, 32, 1)) + 0.3)
+    assert model.priors.shape == (2124, 4)
+    assert offsets.shape == (3, 2124, 4) and logits.shape == (3, 2124, 11)
+
+
+def test_standardize_matches_torch_convention():
+    x = np.random.default_rng(1).random((2, 4, 4, 1)).astype(np.float32)
+    flat = x.reshape(2, -1)
+    expected = (flat - flat.mean(1, keepdims=True)) / flat.std(1, ddof=1, keepdims=True) + 0.5
+    np.testing.assert_allclose(ssd.standardize(x).reshape(2, -1), expected, rtol=1e-5)
+
+
+def numpy_multibox(offsets, logits, targets, classes):
+    positive = classes != ssd.BACKGROUND
+    n_pos = positive.sum()
+    box_loss = np.abs(offsets - targets)[positive].sum() / (4 * n_pos)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_probs, classes[..., None], -1)[..., 0]
+    hardest = np.sort(ce[~positive])[::-1][:n_pos]  # Over the whole batch.
+    class_loss = 0.25 * (ce[positive].sum() + hardest.sum()) / n_pos
+    return box_loss, class_loss, n_pos
+
+
+def test_multibox_loss_matches_numpy():
+    model = _model()
+    batch = _batch()
+    rng = np.random.default_rng(2)
+    offsets = rng.normal(size=(2, 2124, 4)).astype(np.float32)
+    logits = rng.normal(size=(2, 2124, 11)).astype(np.float32) * 2
+    terms = model.loss_terms(offsets, logits, batch["boxes"], batch["labels"])
+
+    priors = np.asarray(model.priors[...])
+    matched, classes = jax.vmap(lambda b, lab: box_ops.match(b, lab, priors, 0.5, ssd.BACKGROUND))(
+        batch["boxes"], batch["labels"]
+    )
+    targets = np.asarray(box_ops.encode(matched, priors[None]))
+    box_loss, class_loss, n_pos = numpy_multibox(offsets, logits, targets, np.asarray(classes))
+    assert n_pos >= 4  # Two objects per image, each forced onto at least one prior.
+    np.testing.assert_allclose(terms["num_positives"], n_pos)
+    np.testing.assert_allclose(terms["box_loss"], box_loss, rtol=1e-4)
+    np.testing.assert_allclose(terms["class_loss"], class_loss, rtol=1e-4)
+    np.testing.assert_allclose(terms["loss"], box_loss + class_loss, rtol=1e-4)
+
+
+def test_hard_negative_mining_takes_one_negative_per_positive():
+    model = _model()
+    batch = _batch(1)
+    logits = np.zeros((1, 2124, 11), np.float32)
+    _, classes = box_ops.match(batch["boxes"][0], batch["labels"][0], model.priors[...], 0.5, 10)
+    negatives = np.flatnonzero(np.asarray(classes) == ssd.BACKGROUND)
+    n_pos = 2124 - len(negatives)
+    # Make 3·n_pos negatives confidently wrong; only n_pos of them may count.
+    logits[0, negatives[: 3 * n_pos], 0] = 20.0
+    terms = model.loss_terms(
+        np.zeros((1, 2124, 4), np.float32), logits, batch["boxes"], batch["labels"]
+    )
+    ce_wrong = 20.0 + np.log(1 + 10 * np.exp(-20.0))
+    expected = 0.25 * (n_pos * np.log(11) + n_pos * ce_wrong) / n_pos
+    np.testing.assert_allclose(terms["class_loss"], expected, rtol=1e-4)
+
+
+def test_predict_returns_fixed_size_per_class_detections():
+    model = _model()
+    model.eval()
+    detections = ssd.predict(model, _batch(2))
+    k = 10 * model.max_detections_per_class
+    assert detections["boxes"].shape == (2, k, 4)
+    assert detections["scores"].shape == detections["labels"].shape == (2, k)
+    assert detections["valid"].dtype == jnp.bool_
+    # Valid detections clear the score threshold.
+    scores = np.asarray(detections["scores"])[np.asarray(detections["valid"])]
+    assert (scores > model.score_threshold).all()
+    grids = ssd.image_summaries(model, _batch(2), None)
+    assert grids["detections"].shape == (1, 8, 128, 128, 3)
