@@ -66,3 +66,35 @@ def save_png(path: str, picture: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(path)
+
+
+# 3×5 pixel glyphs of the digits 0-9, for labels and scores drawn next to boxes.
+_GLYPH_ROWS = (
+    ("111", "101", "101", "101", "111"),
+    ("010", "110", "010", "010", "111"),
+    ("111", "001", "111", "100", "111"),
+    ("111", "001", "111", "001", "111"),
+    ("101", "101", "111", "001", "001"),
+    ("111", "100", "111", "001", "111"),
+    ("111", "100", "111", "101", "111"),
+    ("111", "001", "001", "001", "001"),
+    ("111", "101", "111", "101", "111"),
+    ("111", "101", "111", "001", "111"),
+)
+GLYPHS = np.array([[[c == "1" for c in row] for row in glyph] for glyph in _GLYPH_ROWS])
+
+
+def draw_digit(images, top, left, digit, color):
+    """Stamps one 3×5 digit glyph per image at integer pixel (top, left).
+
+    Args:
+      images: [N, H, W, 3]; top, left, digit: [N] ints (a digit < 0 draws nothing).
+    """
+    _, height, width, _ = images.shape
+    dy = jnp.arange(height)[None, :, None] - top[:, None, None]
+    dx = jnp.arange(width)[None, None, :] - left[:, None, None]
+    inside = (dy >= 0) & (dy < 5) & (dx >= 0) & (dx < 3) & (digit[:, None, None] >= 0)
+    glyph = jnp.asarray(GLYPHS)[
+        jnp.clip(digit, 0)[:, None, None], jnp.clip(dy, 0, 4), jnp.clip(dx, 0, 2)
+    ]
+    return jnp.where((inside & glyph)[..., None], jnp.asarray(color, images.dtype), images)

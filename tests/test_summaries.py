@@ -35,3 +35,14 @@ def test_as_rows_pads_the_last_row():
     rows = np.asarray(summaries.as_rows(np.ones((5, 2, 2, 1), np.float32), 3))
     assert rows.shape == (2, 3, 2, 2, 1)
     assert rows[1, 2].sum() == 0 and rows[1, 1].sum() == 4
+
+
+def test_draw_digit_stamps_the_glyph():
+    images = np.zeros((2, 8, 8, 3), np.float32)
+    out = np.asarray(
+        summaries.draw_digit(
+            images, np.array([1, 0]), np.array([2, 0]), np.array([7, -1]), (1, 1, 1)
+        )
+    )
+    np.testing.assert_array_equal(out[0, 1:6, 2:5, 0] == 1, summaries.GLYPHS[7])
+    assert out[0].sum() == 3 * summaries.GLYPHS[7].sum() and out[1].sum() == 0
