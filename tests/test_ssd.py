@@ -103,3 +103,17 @@ def test_predict_returns_fixed_size_per_class_detections():
     assert (scores > model.score_threshold).all()
     grids = ssd.image_summaries(model, _batch(2), None)
     assert grids["detections"].shape == (1, 8, 128, 128, 3)
+
+
+def test_top_n_sum_matches_sorting_and_its_gradient_selects_the_top():
+    rng = np.random.default_rng(3)
+    values = rng.exponential(size=5000).astype(np.float32)
+    values[:100] = 0.0
+    for n in (0, 1, 37, 4900, 5000):
+        expected = np.sort(values)[::-1][:n].sum()
+        np.testing.assert_allclose(
+            ssd.top_n_sum(jnp.asarray(values), n), expected, rtol=1e-5, atol=1e-5
+        )
+    grad = np.asarray(jax.grad(lambda v: ssd.top_n_sum(v, 37))(jnp.asarray(values)))
+    top = np.argsort(-values)[:37]
+    assert grad[top].min() == 1 and grad.sum() == 37
