@@ -50,16 +50,8 @@ def get_config(arg: str | None = None):
 
 
 def shrink_for_tests(config):
-    """A run of seconds: a few steps of a small model on 40 test digits."""
-    config.total_steps = 4
-    config.batch_size = 16
-    config.eval_batch_size = 16
-    config.log_every_steps = 2
-    config.eval_every_steps = 2
-    config.ckpt_every_steps = 2
-    config.num_summary_images = 8
-    config.data.eval_split = "test[:40]"
-    config.evals.test.split = "test[:40]"
+    """A run of seconds: a few steps of a small DRAW on 40 test digits."""
+    config_lib.shrink_for_tests(config)
     config.model.num_glimpses = 3
     config.model.hidden_size = 16
     config.model.latent_size = 4

@@ -31,15 +31,7 @@ def get_config(arg: str | None = None):
     config.evals.test = dict(type="mean_metrics", split=config.data.eval_split)
 
     if variant == "tiny":
-        config.total_steps = 4
-        config.batch_size = 16
-        config.eval_batch_size = 16
-        config.log_every_steps = 2
-        config.eval_every_steps = 2
-        config.ckpt_every_steps = 2
-        config.num_summary_images = 8
-        config.data.eval_split = "test[:40]"
-        config.evals.test.split = "test[:40]"
+        config_lib.shrink_for_tests(config)
         config.model.latent_dim = 4
         config.model.widths = (8, 8, 8)
     return config

@@ -61,3 +61,18 @@ def base_config() -> ml_collections.ConfigDict:
     # prefixed with the evaluation's name, e.g. `test/nelbo_nats`.
     config.evals = ml_collections.ConfigDict()
     return config
+
+
+def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
+    """The part every config's `tiny` variant shares: 4 steps of batch 16, evaluated on 40 test
+    examples, logging, evaluating and checkpointing every 2 steps."""
+    config.total_steps = 4
+    config.batch_size = 16
+    config.eval_batch_size = 16
+    config.log_every_steps = 2
+    config.eval_every_steps = 2
+    config.ckpt_every_steps = 2
+    config.num_summary_images = 8
+    config.data.eval_split = "test[:40]"
+    for eval_config in config.evals.values():
+        eval_config.split = "test[:40]"
