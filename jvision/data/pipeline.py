@@ -55,8 +55,8 @@ def _local_batch_size(global_batch_size: int, name: str) -> int:
     return global_batch_size // processes
 
 
-def _examples(data: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-    """This process's share of `split`, decoded."""
+def _examples(data: ml_collections.ConfigDict, split: str) -> tuple[grain.MapDataset, int]:
+    """This process's share of `split` (undecoded) and the size of the whole split."""
     if data.binarize not in BINARIZE_MODES:
         raise UserError(f"data.binarize={data.binarize!r}; use one of {BINARIZE_MODES}")
     source = sources.open_source(data.name, split, data.data_dir)
