@@ -71,7 +71,7 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, 
 
     def loss_and_terms(state, batch, key):
         model, _ = nnx.merge(graphdef, state)
-        return family.train_loss(model, batch, key)
+        return family.train_loss(model, batch, key, jnp.int32(0))
 
     _, term_shapes = jax.eval_shape(loss_and_terms, state, batch_spec, base_key)
     metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes]))
@@ -80,7 +80,7 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, 
         model, optimizer = nnx.merge(graphdef, state)
         key = jax.random.fold_in(base_key, step)
         grad_fn = nnx.value_and_grad(family.train_loss, has_aux=True)
-        (loss, terms), grads = grad_fn(model, batch, key)
+        (loss, terms), grads = grad_fn(model, batch, key, step)
         optimizer.update(model, grads)
         new_metrics = metrics_class.single_from_model_output(**{"loss": loss, **terms})
         return nnx.state((model, optimizer)), metrics.merge(new_metrics)

@@ -84,7 +84,7 @@ def test_loss_is_final_canvas_bce_plus_summed_kl():
     model = _model()
     batch = {"image": _images()}
     key = jax.random.key(4)
-    loss, terms = draw.train_loss(model, batch, key)
+    loss, terms = draw.train_loss(model, batch, key, 0)
     canvas, steps = model(batch["image"], model.noise(key, 5))
     recon = distributions.bernoulli_nll(canvas, batch["image"])
     np.testing.assert_allclose(loss, (recon + steps["kl_nats"].sum(0)).mean(), rtol=1e-5)

@@ -106,3 +106,19 @@ def test_tiny_ssd_reports_map_and_per_class_ap(tmp_path):
     assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
     assert 0 <= metrics["test/mAP"] <= 1
     assert os.path.exists(tmp_path / "images" / "detections.png")
+
+
+@pytest.mark.parametrize("kind", ["patchvae", "vae"])
+def test_tiny_patchvae_and_its_baseline(tmp_path, kind):
+    result = run_main(
+        "--config=configs/patchvae_mnist.py:tiny",
+        f"--workdir={tmp_path}",
+        f"--config.model.kind={kind}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "results.json"))["metrics"]
+    assert {"test/loss", "test/recon", "test/kl_appearance"} <= set(metrics)
+    assert ("test/kl_occurrence" in metrics) == (kind == "patchvae")
+    images = set(os.listdir(tmp_path / "images"))
+    parts = {"part_occurrence.png", "part_patches.png"}
+    assert images == {"reconstructions.png"} | (parts if kind == "patchvae" else set())

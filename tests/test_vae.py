@@ -27,7 +27,7 @@ def test_loss_is_reconstruction_plus_kl_in_nats_per_image():
     model = _model()
     batch = {"image": (jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)) > 0.7) * 1.0}
     key = jax.random.key(2)
-    loss, terms = vae.train_loss(model, batch, key)
+    loss, terms = vae.train_loss(model, batch, key, 0)
     logits, mean, logvar = model(batch["image"], key)
     recon = distributions.bernoulli_nll(logits, batch["image"])
     kl = distributions.gaussian_kl_standard_normal(mean, logvar)

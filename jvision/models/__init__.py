@@ -3,12 +3,14 @@
 A family module defines:
 
     build(model_config, rngs) -> nnx.Module
-    train_loss(model, batch, key) -> (loss, {metric_name: scalar})
+    train_loss(model, batch, key, step) -> (loss, {metric_name: scalar})
     eval_metrics(model, batch, key) -> {metric_name: [B] per-example values}
     image_summaries(model, batch, key) -> {name: [N, H, W, C] images in [0, 1]}
 
 `batch` is a dict of arrays from `jvision.data.pipeline`; `key` is a PRNG key derived from
-`(seed, step)` so runs are reproducible. The trainer never names a family: add a file here and a
+`(seed, step)` so runs are reproducible; `step` (an int32 scalar, 0 first) drives schedules inside
+a model, e.g. a temperature. Families used with the `detection_map` evaluator also define
+`predict(model, batch)`. The trainer never names a family: add a file here and a
 config that selects it.
 """
 

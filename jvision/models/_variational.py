@@ -5,7 +5,8 @@ def nelbo_objective(per_example_terms):
     """Returns `(train_loss, eval_metrics)` for a family whose `per_example_terms(model, batch,
     key)` gives [B] arrays in nats, including `nelbo_nats`, the loss minimised (batch mean)."""
 
-    def train_loss(model, batch, key):
+    def train_loss(model, batch, key, step):
+        del step  # No schedules.
         terms = {name: value.mean() for name, value in per_example_terms(model, batch, key).items()}
         return terms["nelbo_nats"], terms
 

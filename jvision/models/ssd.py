@@ -263,8 +263,8 @@ def multibox_loss(
     }
 
 
-def train_loss(model: Detector, batch, key):
-    del key  # Deterministic.
+def train_loss(model: Detector, batch, key, step):
+    del key, step  # Deterministic, no schedules.
     offsets, logits = model(batch["image"])
     terms = model.loss_terms(offsets, logits, batch["boxes"], batch["labels"])
     return terms["loss"], terms

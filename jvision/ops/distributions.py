@@ -35,3 +35,30 @@ def gaussian_kl_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array
 def reparameterized_sample(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """z = mean + σ·ε with ε ~ N(0, I): a sample differentiable in mean and logvar."""
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def relaxed_bernoulli_sample(key: jax.Array, logits: jax.Array, temperature) -> jax.Array:
+    """A Concrete / relaxed Bernoulli sample in (0, 1), differentiable in `logits`.
+
+    σ((logit u + logit p) / τ) with u ~ U(0, 1), and p and u clamped to [ε, 1 - ε] (float32 ε),
+    as torch's RelaxedBernoulli.rsample. As τ → 0 samples approach Bernoulli(p) draws.
+    """
+    eps = jnp.finfo(logits.dtype).eps
+    probs = jnp.clip(jax.nn.sigmoid(logits), eps, 1 - eps)
+    uniform = jnp.clip(jax.random.uniform(key, logits.shape, logits.dtype), eps, 1 - eps)
+    noise = jnp.log(uniform) - jnp.log1p(-uniform)
+    return jax.nn.sigmoid((noise + jnp.log(probs) - jnp.log1p(-probs)) / temperature)
+
+
+def bernoulli_kl(probs: jax.Array, prior: float) -> jax.Array:
+    """KL(Bernoulli(probs) || Bernoulli(prior)) summed per example, with PatchVAE's 1e-7 guards.
+
+    Args:
+      probs: [B, ...] in [0, 1].
+    Returns:
+      [B] nats.
+    """
+    terms = probs * jnp.log((probs + 1e-7) / prior) + (1 - probs) * jnp.log(
+        (1 - probs + 1e-7) / (1 - prior)
+    )
+    return _sum_per_example(terms)
