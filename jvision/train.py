@@ -52,7 +52,9 @@ def _write_json(path: str, payload) -> None:
 def create_state(config: ml_collections.ConfigDict, family, mesh):
     """Builds the model and its optimizer; returns their graphdef and state, replicated."""
     model = family.build(config.model, nnx.Rngs(config.seed))
-    optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=nnx.Param)
+    # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
+    trainable = family.trainable(model) if hasattr(family, "trainable") else nnx.Param
+    optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=trainable)
     logging.info(
         "parameters:\n%s",
         parameter_overview.get_parameter_overview(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
@@ -79,7 +81,8 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, 
     def train_step(state, metrics, batch, step):
         model, optimizer = nnx.merge(graphdef, state)
         key = jax.random.fold_in(base_key, step)
-        grad_fn = nnx.value_and_grad(family.train_loss, has_aux=True)
+        trainable = nnx.DiffState(0, optimizer.wrt)
+        grad_fn = nnx.value_and_grad(family.train_loss, argnums=trainable, has_aux=True)
         (loss, terms), grads = grad_fn(model, batch, key, step)
         optimizer.update(model, grads)
         new_metrics = metrics_class.single_from_model_output(**{"loss": loss, **terms})

@@ -122,3 +122,17 @@ def test_tiny_patchvae_and_its_baseline(tmp_path, kind):
     images = set(os.listdir(tmp_path / "images"))
     parts = {"part_occurrence.png", "part_patches.png"}
     assert images == {"reconstructions.png"} | (parts if kind == "patchvae" else set())
+
+
+def test_tiny_transfer_from_a_tiny_pretrained_workdir(tmp_path):
+    pretrained, transferred = tmp_path / "pretrained", tmp_path / "transfer"
+    result = run_main("--config=configs/patchvae_mnist.py:tiny", f"--workdir={pretrained}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_main(
+        "--config=configs/transfer_mnist.py:tiny",
+        f"--workdir={transferred}",
+        f"--config.model.pretrained_workdir={pretrained}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(transferred / "results.json"))["metrics"]
+    assert set(metrics) == {"test/loss", "test/top1"}

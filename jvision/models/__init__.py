@@ -10,8 +10,9 @@ A family module defines:
 `batch` is a dict of arrays from `jvision.data.pipeline`; `key` is a PRNG key derived from
 `(seed, step)` so runs are reproducible; `step` (an int32 scalar, 0 first) drives schedules inside
 a model, e.g. a temperature. Families used with the `detection_map` evaluator also define
-`predict(model, batch)`. The trainer never names a family: add a file here and a
-config that selects it.
+`predict(model, batch)`; a family that trains only some parameters defines
+`trainable(model) -> nnx filter` (default: every `nnx.Param`). The trainer never names a
+family: add a file here and a config that selects it.
 """
 
 import importlib

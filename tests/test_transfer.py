@@ -1,0 +1,68 @@
+"""The recognition protocol: pretrained encoder loaded and frozen, head trained, errors clear."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import load_config
+from flax import nnx
+
+from jvision import checkpoint, train
+from jvision.errors import UserError
+from jvision.models import transfer
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("pretrained"))
+    train.train_and_evaluate(load_config("patchvae_mnist", "tiny"), workdir)
+    return workdir
+
+
+def _transfer_config(pretrained_workdir="", freeze=-1):
+    config = load_config("transfer_mnist", "tiny")
+    config.model.pretrained_workdir = pretrained_workdir
+    config.model.freeze_stages = freeze
+    return config
+
+
+def _trainable_paths(model):
+    state = nnx.state(model, transfer.trainable(model))
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path) for path, _ in nnx.to_flat_state(state)
+    }
+
+
+def test_freezing_selects_the_head_and_unfrozen_convs_only():
+    config = _transfer_config(freeze=-1)
+    config.model.scale = 8
+    model = transfer.build(config.model, nnx.Rngs(0))
+    assert all(p.startswith(("hidden", "logits")) for p in _trainable_paths(model))
+    config.model.freeze_stages = 1  # The stem only.
+    paths = _trainable_paths(transfer.build(config.model, nnx.Rngs(0)))
+    assert "encoder/conv1/kernel" not in paths
+    assert "encoder/layers/0/0/conv1/kernel" in paths
+    assert not any(p.endswith(("scale", "bias")) and p.startswith("encoder") for p in paths)
+
+
+def test_transfer_keeps_the_pretrained_encoder_and_trains_the_head(pretrained, tmp_path):
+    results = train.train_and_evaluate(_transfer_config(pretrained), str(tmp_path))
+    assert 0 <= results["test/top1"] <= 1
+    source, _ = checkpoint.load_state(pretrained)
+    trained, _ = checkpoint.load_state(str(tmp_path))
+    for a, b in zip(
+        jax.tree.leaves(source["0"]["encoder"]),
+        jax.tree.leaves(trained["0"]["encoder"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)  # Weights and BatchNorm statistics untouched.
+    initial = transfer.build(_transfer_config(pretrained).model, nnx.Rngs(0))
+    assert not np.allclose(initial.hidden.kernel[...], trained["0"]["hidden"]["kernel"])
+
+
+def test_missing_or_wrong_pretrained_workdir_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="pretrained_workdir"):
+        transfer.build(_transfer_config(str(tmp_path / "none")).model, nnx.Rngs(0))
+    vae_run = str(tmp_path / "vae")
+    train.train_and_evaluate(load_config("vae_mnist", "tiny"), vae_run)
+    with pytest.raises(UserError, match="holds a 'vae' model"):
+        transfer.build(_transfer_config(vae_run).model, nnx.Rngs(0))
