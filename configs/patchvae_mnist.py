@@ -17,7 +17,7 @@ from jvision import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_arg(arg)
     config = config_lib.base_config()
-    config.total_steps = 3000
+    config.total_steps = 2000
     config.batch_size = 64
     config.eval_batch_size = 200
     config.log_every_steps = 100
