@@ -8,16 +8,11 @@ Command:
     python -m jvision.main --config=configs/ssd_mnist_short.py --workdir=workdirs/ssd_mnist_short
 """
 
-import importlib.util
 import os
 
 from jvision import config_lib
 
-_spec = importlib.util.spec_from_file_location(
-    "ssd_mnist", os.path.join(os.path.dirname(os.path.abspath(__file__)), "ssd_mnist.py")
-)
-ssd_mnist = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ssd_mnist)
+ssd_mnist = config_lib.load_config_module(os.path.join(os.path.dirname(__file__), "ssd_mnist.py"))
 
 EPOCHS = 10
 

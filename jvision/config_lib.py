@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.train_split = "train"
     config.data.eval_split = "test"
     config.data.shuffle = True
+    config.data.image_size = 0  # >0: resize the shorter side and centre-crop to this size.
+    config.data.random_flip = False  # Mirror training images left-right at random.
     config.data.binarize = "dynamic"  # 'dynamic' (Bernoulli resampled per epoch), 'none'.
     config.data.num_workers = 0  # Grain worker processes; 0 reads in threads of this process.
     config.data.num_threads = 4
@@ -76,3 +78,16 @@ def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
     config.data.eval_split = "test[:40]"
     for eval_config in config.evals.values():
         eval_config.split = "test[:40]"
+
+
+def load_config_module(path: str):
+    """Imports a config file by path, so one config can build on another:
+    `base = config_lib.load_config_module(os.path.join(os.path.dirname(__file__), "x.py"))`."""
+    import importlib.util
+    import os
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"jvision_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

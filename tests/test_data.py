@@ -102,3 +102,30 @@ def test_unknown_dataset_and_split_are_named():
         sources.open_source("cifar", "train")
     with pytest.raises(UserError, match="no split 'validation'"):
         sources.open_source("embedded_mnist", "validation")
+
+
+def test_variable_size_images_are_resized_centre_cropped_and_flipped(tmp_path):
+    config = _config(name="imagenet2012", data_dir=str(tmp_path), binarize="none")
+    config.data.image_size = 24
+    config.data.random_flip = True
+    with tfds.testing.mock_data(num_examples=20):
+        batch = next(pipeline.train_iterator(config))
+        evaluation = next(iter(pipeline.EvalData(config, "validation")))
+    assert batch["image"].shape == (16, 24, 24, 3)
+    assert evaluation["image"].shape == (24, 24, 24, 3)
+
+
+def test_resize_crop_keeps_the_centre():
+    image = np.zeros((40, 20, 1), np.uint8)
+    image[10:30, :, 0] = 255  # The middle half of the rows is white.
+    out = pipeline.ResizeCrop(10).map({"image": image})["image"]
+    assert out.shape == (10, 10, 1)
+    assert out.min() > 200  # Resized to 20×10, whose centre 10 rows are the white band.
+
+
+def test_random_flip_mirrors_some_images():
+    images = np.arange(4 * 2 * 3).reshape(4, 2, 3, 1).astype(np.float32)
+    flipped = pipeline.RandomFlip().random_map({"image": images}, np.random.default_rng(0))["image"]
+    for original, out in zip(images, flipped, strict=True):
+        assert np.array_equal(out, original) or np.array_equal(out, original[:, ::-1])
+    assert not np.array_equal(flipped, images)

@@ -45,6 +45,39 @@ class Binarize(grain.transforms.RandomMap):
         return {**example, "image": (rng.random(image.shape) < image).astype(np.float32)}
 
 
+class ResizeCrop(grain.transforms.Map):
+    """Resizes the shorter side to `size` (bilinear) and crops the centre `size`×`size`: for
+    datasets whose images differ in size (ImageNet). Works on single examples."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def map(self, example):
+        from PIL import Image
+
+        image = example["image"]
+        height, width = image.shape[:2]
+        scale = self.size / min(height, width)
+        resized_h, resized_w = (
+            max(self.size, round(height * scale)),
+            max(self.size, round(width * scale)),
+        )
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        resized = np.asarray(pil.resize((resized_w, resized_h), Image.BILINEAR))
+        resized = resized.reshape(resized_h, resized_w, image.shape[-1])
+        top, left = (resized_h - self.size) // 2, (resized_w - self.size) // 2
+        return {**example, "image": resized[top : top + self.size, left : left + self.size]}
+
+
+class RandomFlip(grain.transforms.RandomMap):
+    """Mirrors each image of a batch left-right with probability 1/2."""
+
+    def random_map(self, batch, rng: np.random.Generator):
+        flip = rng.random(len(batch["image"])) < 0.5
+        images = np.where(flip[:, None, None, None], batch["image"][:, :, ::-1], batch["image"])
+        return {**batch, "image": images}
+
+
 def _local_batch_size(global_batch_size: int, name: str) -> int:
     processes = jax.process_count()
     if global_batch_size % jax.device_count():
@@ -75,11 +108,15 @@ def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
     if data.shuffle:
         ds = ds.shuffle(seed=config.seed)
     ds = ds.repeat(None)
+    if data.image_size:
+        ds = ds.map(ResizeCrop(data.image_size))
     # Per-example work runs on whole batches: Grain's per-element overhead dominates at MNIST size.
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map(Decode(sources.spec(data.name).pixel_max))
     if data.binarize == "dynamic":
         ds = ds.random_map(Binarize(), seed=config.seed + 1)
+    if data.random_flip:
+        ds = ds.random_map(RandomFlip(), seed=config.seed + 2)
     iter_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_batches)
     )
@@ -99,7 +136,7 @@ class EvalData:
         self.local_batch = _local_batch_size(config.eval_batch_size, "eval_batch_size")
         ds, self.size = _examples(data, split)
         logging.info("eval data: %s[%s], %d examples", data.name, split, self.size)
-        self.dataset = ds
+        self.dataset = ds.map(ResizeCrop(data.image_size)) if data.image_size else ds
         self.decode = Decode(sources.spec(data.name).pixel_max)
         self.binarize = Binarize() if data.binarize == "dynamic" else None
         largest_share = math.ceil(self.size / jax.process_count())

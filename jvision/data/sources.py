@@ -30,6 +30,8 @@ DATASETS = {
     ),
     "mnist": DatasetSpec("mnist", 255, ("train", "test")),
     "binarized_mnist": DatasetSpec("binarized_mnist", 1, ("train", "validation", "test")),
+    "cifar100": DatasetSpec("cifar100", 255, ("train", "test")),
+    "imagenet2012": DatasetSpec("imagenet2012", 255, ("train", "validation")),
     "mnist_detection": DatasetSpec(
         "mnist_detection",
         255,
