@@ -7,6 +7,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# Tests spend most of their time compiling tiny programs: skip XLA's slower optimisation passes
+# (inherited by the `python -m jvision.main` subprocesses too).
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 # Embedded MNIST is prepared here once per session; nothing is written to the user's TFDS dir.
 os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jvision_tfds_")
