@@ -9,6 +9,10 @@ the transfer protocol; these are shrunk for 28×28 grayscale digits and a 2-core
 
 Command:
     python -m jvision.main --config=configs/patchvae_mnist.py --workdir=workdirs/patchvae_mnist
+
+Result (2026-11-22, 2-core CPU shared with another run): after 2,000 steps, test recon 159.2,
+KL_app 17.4, KL_occ 38.5 (6 min 29 s); the VAE baseline: recon 51.9, KL 33.4 (6 min 0 s).
+Transfer top-1 (configs/transfer_mnist.py): PatchVAE 97.3 %, VAE 97.4 %, random init 96.1 %.
 """
 
 from jvision import config_lib

@@ -8,6 +8,9 @@ Commands (pretrain, then transfer; an empty `pretrained_workdir` is the random-e
     python -m jvision.main --config=configs/patchvae_mnist.py --workdir=workdirs/patchvae_mnist
     python -m jvision.main --config=configs/transfer_mnist.py --workdir=workdirs/transfer_patchvae \
         --config.model.pretrained_workdir=workdirs/patchvae_mnist
+
+Result (2026-11-22, 2-core CPU, about 1 min each): test/top1 97.3 % from the PatchVAE encoder,
+97.4 % from the VAE baseline's (`--config.model.kind=vae` pretraining), 96.1 % from a random one.
 """
 
 from jvision import config_lib
