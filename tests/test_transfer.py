@@ -66,3 +66,17 @@ def test_missing_or_wrong_pretrained_workdir_is_a_clear_error(tmp_path):
     train.train_and_evaluate(load_config("vae_mnist", "tiny"), vae_run)
     with pytest.raises(UserError, match="holds a 'vae' model"):
         transfer.build(_transfer_config(vae_run).model, nnx.Rngs(0))
+
+
+def test_cifar100_pretraining_and_transfer_run_on_mocked_tfds(tmp_path):
+    import tensorflow_datasets as tfds
+
+    pretrain = load_config("patchvae_cifar100", "tiny")
+    pretrain.data.data_dir = str(tmp_path / "tfds")
+    with tfds.testing.mock_data(num_examples=64):
+        train.train_and_evaluate(pretrain, str(tmp_path / "pretrained"))
+        config = load_config("transfer_cifar100", "tiny")
+        config.data.data_dir = str(tmp_path / "tfds")
+        config.model.pretrained_workdir = str(tmp_path / "pretrained")
+        results = train.train_and_evaluate(config, str(tmp_path / "transfer"))
+    assert set(results) == {"test/loss", "test/top1"}

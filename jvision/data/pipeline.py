@@ -23,16 +23,19 @@ BINARIZE_MODES = ("dynamic", "none")
 
 
 class Decode(grain.transforms.Map):
-    """uint8 images -> float32 in [0, 1]; 64-bit integers -> int32. Works on batches."""
+    """uint8 images -> float32 in [0, 1]; 64-bit integers -> int32; string fields dropped.
+    Works on batches."""
 
     def __init__(self, pixel_max: int):
         self.scale = 1.0 / pixel_max
 
     def map(self, example):
-        decoded = {
-            key: np.asarray(value, np.int32) if np.asarray(value).dtype == np.int64 else value
-            for key, value in example.items()
-        }
+        decoded = {}
+        for key, value in example.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "USO":  # Strings (ids, file names) cannot go to devices.
+                continue
+            decoded[key] = value.astype(np.int32) if value.dtype == np.int64 else value
         decoded["image"] = example["image"].astype(np.float32) * self.scale
         return decoded
 
