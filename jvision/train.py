@@ -176,7 +176,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 periodic_actions.Profile(
                     logdir=workdir,
                     num_profile_steps=config.profile_steps,
+                    profile_duration_ms=None,  # The window is `profile_steps` long, however fast.
                     first_profile=config.profile_first_step,
+                    every_secs=None,
                 )
             )
         metrics = jax.device_put(TrainMetrics.empty(), replicated)

@@ -90,3 +90,9 @@ def test_nan_loss_stops_without_saving_it(tmp_path):
     with pytest.raises(UserError, match="became non-finite by step 4.*last good checkpoint is"):
         train.train_and_evaluate(config, str(tmp_path))
     assert checkpoint.load_state(str(tmp_path))[1]["step"] == 2
+
+
+def test_profiler_window_writes_a_trace(tmp_path):
+    train.train_and_evaluate(_tiny(profile_steps=2, profile_first_step=1), str(tmp_path))
+    traces = list((tmp_path / "plugins" / "profile").rglob("*.xplane.pb"))
+    assert traces, "no profile written"
