@@ -15,6 +15,11 @@ keeps the priors' image-space shapes.
 
 Command:
     python -m jvision.main --config=configs/ssd_mnist.py --workdir=workdirs/ssd_mnist
+
+Result (2026-11-22, 2-core CPU shared with other runs, 73 min 59 s wall; 37 ms per step when idle):
+test/mAP 0.8953 (tutorial: 0.8817); AP 0: 0.909, 1: 0.794, 2: 0.906, 3: 0.909, 4: 0.907,
+5: 0.909, 6: 0.906, 7: 0.906, 8: 0.907, 9: 0.902. mAP at epochs 20/40/60/80: 0.8950, 0.8939,
+0.8955, 0.8952 (see configs/ssd_mnist_short.py for a 10-epoch schedule).
 """
 
 from jvision import config_lib
