@@ -8,6 +8,7 @@ import pytest
 from conftest import load_config
 from flax import nnx
 
+from jvision.errors import UserError
 from jvision.models import _resnet, patchvae
 from jvision.ops import distributions
 
@@ -122,5 +123,5 @@ def test_edge_weights_have_mean_one_and_follow_edges():
 def test_unknown_kind_is_refused():
     config = ml_collections.ConfigDict(load_config("patchvae_mnist", "tiny").model.to_dict())
     config.kind = "vqvae"
-    with pytest.raises(ValueError, match="model.kind 'vqvae'"):
+    with pytest.raises(UserError, match="model.kind 'vqvae'"):
         patchvae.build(config, nnx.Rngs(0))

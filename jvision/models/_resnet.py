@@ -11,6 +11,8 @@ import math
 import jax
 from flax import nnx
 
+from jvision.errors import UserError
+
 SCALES = (4, 8, 16, 32)
 
 
@@ -56,7 +58,7 @@ class ResNetTrunk(nnx.Module):
 
     def __init__(self, in_channels: int, scale: int, *, rngs: nnx.Rngs):
         if scale not in SCALES:
-            raise ValueError(f"scale {scale} is not one of {SCALES}")
+            raise UserError(f"model.scale {scale} is not one of {SCALES}")
         self.conv1 = _conv(in_channels, 64, 7, 2, rngs)
         self.bn1 = batch_norm(64, rngs)
         widths = (64, 128, 256, 512)[: int(math.log2(scale)) - 1]

@@ -29,6 +29,7 @@ import ml_collections
 from flax import nnx
 
 from jvision import summaries
+from jvision.errors import UserError
 from jvision.models import _resnet
 from jvision.ops import distributions
 
@@ -217,7 +218,7 @@ class GlobalVAE(nnx.Module):
 
 def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs):
     if model_config.kind not in KINDS:
-        raise ValueError(f"model.kind {model_config.kind!r} is not one of {KINDS}")
+        raise UserError(f"model.kind {model_config.kind!r} is not one of {KINDS}")
     return (PatchVAE if model_config.kind == "patchvae" else GlobalVAE)(model_config, rngs=rngs)
 
 
