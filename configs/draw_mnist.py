@@ -41,6 +41,7 @@ def get_config(arg: str | None = None):
     config.model.read_size = 2
     config.model.write_size = 5
     config.model.use_attention = True
+    config.model.matmul_dtype = "float32"
 
     config.evals.test = dict(type="mean_metrics", split=config.data.eval_split)
 

@@ -11,7 +11,7 @@ from jvision.models import draw
 from jvision.ops import distributions
 
 
-def _model(use_attention=True, num_glimpses=4, image_shape=(12, 10, 1)):
+def _model(use_attention=True, num_glimpses=4, image_shape=(12, 10, 1), matmul_dtype="float32"):
     config = ml_collections.ConfigDict(
         dict(
             image_shape=image_shape,
@@ -21,6 +21,7 @@ def _model(use_attention=True, num_glimpses=4, image_shape=(12, 10, 1)):
             read_size=2,
             write_size=3,
             use_attention=use_attention,
+            matmul_dtype=matmul_dtype,
         )
     )
     return draw.build(config, nnx.Rngs(0))
@@ -63,6 +64,46 @@ def test_scan_equals_an_explicit_python_loop(use_attention):
         np.testing.assert_allclose(steps["kl_nats"][t], outputs["kl_nats"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(steps["canvas"][t], outputs["canvas"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(canvas, carry[0], rtol=1e-5, atol=1e-5)
+
+
+def _looped_loss(model, images, noise):
+    carry = (jnp.zeros(images.shape), model._zero_state(5), model._zero_state(5))
+    kl = 0.0
+    for t in range(model.num_glimpses):
+        carry, outputs = model.glimpse(carry, images, noise[t])
+        kl = kl + outputs["kl_nats"]
+    return (distributions.bernoulli_nll(carry[0], images) + kl).mean()
+
+
+def _scanned_loss(model, images, noise):
+    canvas, steps = model(images, noise)
+    return (distributions.bernoulli_nll(canvas, images) + steps["kl_nats"].sum(0)).mean()
+
+
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_gradients_of_the_rematerialised_scan_equal_the_explicit_loop(matmul_dtype):
+    model = _model(matmul_dtype=matmul_dtype)
+    images = _images()
+    noise = model.noise(jax.random.key(2), images.shape[0])
+    scanned_loss, scanned = nnx.value_and_grad(_scanned_loss)(model, images, noise)
+    looped_loss, looped = nnx.value_and_grad(_looped_loss)(model, images, noise)
+    np.testing.assert_allclose(scanned_loss, looped_loss, rtol=1e-5)
+    looped = dict(nnx.to_flat_state(looped))
+    for path, g in nnx.to_flat_state(scanned):
+        np.testing.assert_allclose(
+            g[...], looped[path][...], rtol=1e-4, atol=1e-5, err_msg=str(path)
+        )
+
+
+def test_bfloat16_matmuls_stay_close_to_float32():
+    images = _images()
+    exact, mixed = _model(), _model(matmul_dtype="bfloat16")
+    noise = exact.noise(jax.random.key(2), images.shape[0])
+    nnx.update(mixed, nnx.state(exact))
+    np.testing.assert_allclose(
+        _scanned_loss(mixed, images, noise), _scanned_loss(exact, images, noise), rtol=1e-2
+    )
+    assert _scanned_loss(mixed, images, noise) != _scanned_loss(exact, images, noise)
 
 
 def test_kl_per_step_matches_numpy():

@@ -16,6 +16,8 @@ Initial states (canvas, LSTM states) are zeros. The glimpse loop is a `lax.scan`
 does not grow with the number of glimpses.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,7 +26,7 @@ from flax import nnx
 
 from jvision import summaries
 from jvision.models import _variational
-from jvision.ops import attention, distributions
+from jvision.ops import attention, distributions, precision
 
 READ_COLOR = (0.1, 0.9, 0.1)
 WRITE_COLOR = (0.95, 0.15, 0.1)
@@ -35,8 +37,10 @@ MAX_SUMMARY_ROWS = 8
 class LSTM(nnx.Module):
     """An LSTM cell whose four gates come from one matmul on [input, h]."""
 
-    def __init__(self, in_features: int, hidden_size: int, *, rngs: nnx.Rngs):
-        self.gates = nnx.Linear(in_features + hidden_size, 4 * hidden_size, rngs=rngs)
+    def __init__(self, in_features: int, hidden_size: int, *, rngs: nnx.Rngs, **linear_kwargs):
+        self.gates = nnx.Linear(
+            in_features + hidden_size, 4 * hidden_size, rngs=rngs, **linear_kwargs
+        )
 
     def __call__(self, state: tuple[jax.Array, jax.Array], inputs: jax.Array):
         hidden, cell = state
@@ -55,6 +59,7 @@ class DRAW(nnx.Module):
         read_size: int,
         write_size: int,
         use_attention: bool,
+        matmul_dtype: str = precision.FLOAT32,
         *,
         rngs: nnx.Rngs,
     ):
@@ -66,18 +71,20 @@ class DRAW(nnx.Module):
         self.write_size = write_size
         self.use_attention = use_attention
         height, width, channels = self.image_shape
+        dense = functools.partial(nnx.Linear, dot_general=precision.dot_general(matmul_dtype))
         if use_attention:
             read_features = 2 * read_size * read_size * channels
             write_features = write_size * write_size * channels
-            self.read_window = nnx.Linear(hidden_size, attention.NUM_RAW_PARAMS, rngs=rngs)
-            self.write_window = nnx.Linear(hidden_size, attention.NUM_RAW_PARAMS, rngs=rngs)
+            self.read_window = dense(hidden_size, attention.NUM_RAW_PARAMS, rngs=rngs)
+            self.write_window = dense(hidden_size, attention.NUM_RAW_PARAMS, rngs=rngs)
         else:
             read_features = 2 * height * width * channels
             write_features = height * width * channels
-        self.encoder = LSTM(read_features + hidden_size, hidden_size, rngs=rngs)
-        self.posterior = nnx.Linear(hidden_size, 2 * latent_size, rngs=rngs)
-        self.decoder = LSTM(latent_size, hidden_size, rngs=rngs)
-        self.write_content = nnx.Linear(hidden_size, write_features, rngs=rngs)
+        lstm = functools.partial(LSTM, dot_general=precision.dot_general(matmul_dtype))
+        self.encoder = lstm(read_features + hidden_size, hidden_size, rngs=rngs)
+        self.posterior = dense(hidden_size, 2 * latent_size, rngs=rngs)
+        self.decoder = lstm(latent_size, hidden_size, rngs=rngs)
+        self.write_content = dense(hidden_size, write_features, rngs=rngs)
 
     def _window(self, head: nnx.Linear, h_dec: jax.Array, grid_size: int) -> attention.Window:
         height, width, _ = self.image_shape
@@ -145,6 +152,10 @@ class DRAW(nnx.Module):
             carry, outputs = self.glimpse(carry, images, noise_t)
             return carry, outputs if record else {"kl_nats": outputs["kl_nats"]}
 
+        # Keep only the matmul results of each glimpse for the backward pass and recompute the
+        # cheap rest: stacking every intermediate over 64 glimpses costs more memory traffic than
+        # recomputing it (draw_mnist: 315 -> 259 ms per train step on a 2-core CPU).
+        step = jax.checkpoint(step, prevent_cse=False, policy=jax.checkpoint_policies.dots_saveable)
         (canvas, _, _), steps = jax.lax.scan(step, init, noise)
         return canvas, steps
 
@@ -179,6 +190,7 @@ def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> DRAW:
         read_size=model_config.read_size,
         write_size=model_config.write_size,
         use_attention=model_config.use_attention,
+        matmul_dtype=model_config.get("matmul_dtype", precision.FLOAT32),
         rngs=rngs,
     )
 

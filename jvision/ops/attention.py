@@ -71,9 +71,12 @@ def read_glimpse(images: jax.Array, f_y: jax.Array, f_x: jax.Array, intensity: j
 
 
 def write_patch(patch: jax.Array, f_y: jax.Array, f_x: jax.Array, intensity: jax.Array):
-    """(1/γ) · F_Yᵀ w F_X (eq. 29): [B, N, N, C] -> [B, H, W, C]."""
-    canvas = jnp.einsum("bnh,bnmc,bmw->bhwc", f_y, patch, f_x)
-    return canvas / intensity[:, None, None, None]
+    """(1/γ) · F_Yᵀ w F_X (eq. 29): [B, N, N, C] -> [B, H, W, C].
+
+    γ scales the small patch rather than the image-sized result: the same value, and the gradient
+    with respect to γ then sums over N² rather than H·W products.
+    """
+    return jnp.einsum("bnh,bnmc,bmw->bhwc", f_y, patch / intensity[:, None, None, None], f_x)
 
 
 def window_box(window: Window, grid_size: int) -> jax.Array:

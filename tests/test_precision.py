@@ -1,0 +1,70 @@
+"""Mixed-precision dense matmuls: values and both gradients against NumPy on rounded operands."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jvision.errors import UserError
+from jvision.ops import precision
+
+
+def _rounded(x: jax.Array) -> np.ndarray:
+    """The bfloat16 value of each element, exactly, as float64."""
+    return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize("lhs_shape", [(6, 5), (2, 3, 5)])
+def test_bfloat16_dot_and_its_gradients_match_numpy(lhs_shape):
+    keys = jax.random.split(jax.random.key(0), 3)
+    lhs = jax.random.normal(keys[0], lhs_shape)
+    rhs = jax.random.normal(keys[1], (5, 4))
+    cotangent = jax.random.normal(keys[2], (*lhs_shape[:-1], 4))
+    dot = precision.dot_general("bfloat16")
+    dims = (((lhs.ndim - 1,), (0,)), ((), ()))
+
+    out, vjp = jax.vjp(lambda a, b: dot(a, b, dims), lhs, rhs)
+    d_lhs, d_rhs = vjp(cotangent)
+
+    # bfloat16 products are exact in float32, so only the summation order differs.
+    a, b, g = _rounded(lhs), _rounded(rhs), _rounded(cotangent)
+    assert out.dtype == d_lhs.dtype == d_rhs.dtype == jnp.float32
+    np.testing.assert_allclose(out, a @ b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d_lhs, g @ b.T, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d_rhs, a.reshape(-1, 5).T @ g.reshape(-1, 4), rtol=1e-6, atol=1e-6)
+    # Rounding is real: the float32 product differs.
+    assert not np.allclose(
+        out, np.asarray(lhs, np.float64) @ np.asarray(rhs, np.float64), atol=1e-5
+    )
+
+
+def test_backward_matmuls_take_bfloat16_operands():
+    dot = precision.dot_general("bfloat16")
+    dims = (((1,), (0,)), ((), ()))
+    loss = lambda a, b: jnp.sin(dot(a, b, dims)).sum()  # noqa: E731
+    text = (
+        jax.jit(jax.grad(loss, argnums=(0, 1))).lower(jnp.ones((8, 5)), jnp.ones((5, 3))).as_text()
+    )
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert len(dots) == 3 and all("xbf16>, tensor<" in line for line in dots), dots
+
+
+def test_float32_is_plain_dot_general_and_linear_layers_accept_it():
+    assert precision.dot_general("float32") is jax.lax.dot_general
+    layer = nnx.Linear(5, 4, dot_general=precision.dot_general("bfloat16"), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 5))
+    np.testing.assert_allclose(
+        layer(x),
+        _rounded(x) @ _rounded(layer.kernel[...]) + np.asarray(layer.bias[...]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_bad_dtype_and_unsupported_contractions_are_refused():
+    with pytest.raises(UserError, match="model.matmul_dtype 'float16'"):
+        precision.dot_general("float16")
+    dot = precision.dot_general("bfloat16")
+    with pytest.raises(NotImplementedError, match="dense layers only"):
+        dot(jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5)), (((2,), (1,)), ((0,), (0,))))
