@@ -34,6 +34,44 @@ def test_network_outputs_one_row_per_prior():
     assert offsets.shape == (3, 2124, 4) and logits.shape == (3, 2124, 11)
 
 
+def test_max_pool_and_its_gradient_match_numpy():
+    x = np.random.default_rng(0).normal(size=(2, 4, 6, 3)).astype(np.float32)
+    expected = x.reshape(2, 2, 2, 3, 2, 3).max(axis=(2, 4))
+    np.testing.assert_array_equal(ssd.max_pool(jnp.asarray(x)), expected)
+    grad = jax.grad(lambda v: ssd.max_pool(v).sum())(jnp.asarray(x))
+    # Distinct values: each window's maximum alone gets the gradient.
+    np.testing.assert_array_equal(grad, x == np.repeat(np.repeat(expected, 2, 1), 2, 2))
+
+
+def test_stride_two_convs_are_centred_like_pytorch_padding_one():
+    layer = ssd.conv(1, 1, 3, nnx.Rngs(0), stride=2)
+    layer.kernel[...] = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)  # Picks the centre pixel.
+    x = jnp.arange(64.0).reshape(1, 8, 8, 1)
+    np.testing.assert_array_equal(layer(x), x[:, ::2, ::2])  # Centres on pixels 0, 2, 4, 6.
+
+
+def test_fused_head_equals_separate_box_and_class_convs():
+    head = ssd.Head(8, 3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
+    kernel, bias = head.conv.kernel[...], head.conv.bias[...]
+
+    def conv(k, b):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dims) + b
+
+    offsets, logits = head(x)
+    np.testing.assert_allclose(
+        offsets, conv(kernel[..., :12], bias[:12]).reshape(2, -1, 4), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        logits, conv(kernel[..., 12:], bias[12:]).reshape(2, -1, 11), rtol=1e-5, atol=1e-5
+    )
+    # Each part is initialised with its own conv's Xavier bound: sqrt(6 / (fan_in + fan_out)).
+    box_bound, class_bound = (np.sqrt(6 / (9 * 8 + 9 * n)) for n in (12, 33))
+    assert box_bound * 0.8 < np.abs(kernel[..., :12]).max() <= box_bound
+    assert class_bound * 0.8 < np.abs(kernel[..., 12:]).max() <= class_bound
+
+
 def test_standardize_matches_torch_convention():
     x = np.random.default_rng(1).random((2, 4, 4, 1)).astype(np.float32)
     flat = x.reshape(2, -1)

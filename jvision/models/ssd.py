@@ -39,12 +39,15 @@ SCORE_COLOR = (1.0, 0.85, 0.2)
 
 
 def conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
+    """PyTorch's Conv2d(padding=kernel // 2): symmetric padding, so a stride-2 conv's outputs are
+    centred on even input pixels ('SAME' would pad only after and centre them on odd ones)."""
+    pad = kernel // 2
     return nnx.Conv(
         cin,
         cout,
         (kernel, kernel),
         strides=stride,
-        padding="SAME" if kernel > 1 else "VALID",
+        padding=((pad, pad), (pad, pad)),
         kernel_init=nnx.initializers.xavier_uniform(),
         rngs=rngs,
     )
@@ -61,7 +64,18 @@ class ConvBNReLU(nnx.Module):
 
 
 def max_pool(x: jax.Array) -> jax.Array:
-    return nnx.max_pool(x, (2, 2), strides=(2, 2))
+    """2×2 max-pooling, stride 2, of even-sized maps, as elementwise maxima of the four corners.
+
+    XLA:CPU expands the gradient of a windowed max into iotas and a scatter that cost more than
+    the convolutions around it; the gradient of elementwise maxima is one elementwise pass. (Exact
+    ties share the gradient instead of one taking it all; after a ReLU they are zeros, whose
+    gradient the ReLU stops anyway.)
+    """
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    top = jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1])
+    bottom = jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1])
+    return jnp.maximum(top, bottom)
 
 
 def instance_norm(x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
@@ -77,6 +91,30 @@ def standardize(images: jax.Array) -> jax.Array:
     mean = flat.mean(axis=1)[:, None, None, None]
     std = flat.std(axis=1, ddof=1)[:, None, None, None]
     return (images - mean) / jnp.maximum(std, 1e-6) + 0.5
+
+
+class Head(nnx.Module):
+    """A feature map's box offsets and class logits: the tutorial's two 3×3 convs as one.
+
+    Both read the same map, so one conv with both sets of output channels computes the same thing
+    in half the convolutions. Its kernel is initialised as the two convs would be (Xavier-uniform
+    bounds depend on the output width), side by side.
+    """
+
+    def __init__(self, cin: int, priors: int, *, rngs: nnx.Rngs):
+        self.priors = priors
+        box, cls = conv(cin, priors * 4, 3, rngs), conv(cin, priors * (NUM_DIGITS + 1), 3, rngs)
+        self.conv = conv(cin, priors * (4 + NUM_DIGITS + 1), 3, rngs)
+        self.conv.kernel[...] = jnp.concatenate([box.kernel[...], cls.kernel[...]], axis=-1)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[B, H, W, C] -> offsets [B, H·W·priors, 4], logits [B, H·W·priors, 11]."""
+        out = self.conv(x)
+        boxes, classes = out[..., : self.priors * 4], out[..., self.priors * 4 :]
+        return (
+            boxes.reshape(x.shape[0], -1, 4),
+            classes.reshape(x.shape[0], -1, NUM_DIGITS + 1),
+        )
 
 
 class SSD(nnx.Module):
@@ -111,14 +149,8 @@ class SSD(nnx.Module):
             ]
         )
         map_widths = (*base_widths[-2:], *aux_widths[1:])
-        self.box_heads = nnx.List(
-            [conv(c, n * 4, 3, rngs) for c, n in zip(map_widths, priors_per_cell, strict=True)]
-        )
-        self.class_heads = nnx.List(
-            [
-                conv(c, n * (NUM_DIGITS + 1), 3, rngs)
-                for c, n in zip(map_widths, priors_per_cell, strict=True)
-            ]
+        self.heads = nnx.List(
+            [Head(c, n, rngs=rngs) for c, n in zip(map_widths, priors_per_cell, strict=True)]
         )
 
     def feature_maps(self, images: jax.Array) -> list[jax.Array]:
@@ -140,12 +172,10 @@ class SSD(nnx.Module):
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """[B, 32, 32, 1] -> box offsets [B, P, 4] and class logits [B, P, 11]."""
         offsets, logits = [], []
-        for x, box_head, class_head in zip(
-            self.feature_maps(images), self.box_heads, self.class_heads, strict=True
-        ):
-            x = instance_norm(x)
-            offsets.append(box_head(x).reshape(x.shape[0], -1, 4))
-            logits.append(class_head(x).reshape(x.shape[0], -1, NUM_DIGITS + 1))
+        for x, head in zip(self.feature_maps(images), self.heads, strict=True):
+            box_offsets, class_logits = head(instance_norm(x))
+            offsets.append(box_offsets)
+            logits.append(class_logits)
         return jnp.concatenate(offsets, axis=1), jnp.concatenate(logits, axis=1)
 
 
