@@ -11,11 +11,15 @@ Command:
 Variants: `--config.model.use_attention=False` (read the whole image, write the whole canvas);
 `configs/draw_mnist_small.py` (pytlib-sized). Full MNIST: `--config.data.name=mnist` (prepare it
 first), or the fixed binarization `--config.data.name=binarized_mnist --config.data.binarize=none`.
-Result (2026-11-22, 2-core CPU, 12 min 9 s wall): test/nelbo_nats = 125.15 after 2,000 steps of
-batch 64 (100.06 reconstruction + 25.09 KL), still falling fast: the read window starts spread over
+Result (2026-11-22, 2-core CPU, 9 min 36 s wall): test/nelbo_nats = 126.20 after 2,000 steps of
+batch 64 (101.26 reconstruction + 24.95 KL), still falling fast: the read window starts spread over
 the image borders (δ̃ = 1 at initialisation) and takes ~1,000 steps to find the digits. Raise
-`total_steps` for the paper's regime. 0.33 s per train step, compile 3 s
+`total_steps` for the paper's regime. Train step STEP_F32 ms, compile COMPILE_F32 s
 (`python benchmarks/step_time.py --config=configs/draw_mnist.py`).
+
+Speed option: `--config.model.matmul_dtype=bfloat16` rounds the dense layers' matmul operands to
+bfloat16 (float32 accumulation, forward and backward; `jvision/ops/precision.py`), what a TPU does
+by default: STEP_BF16 ms per step on this CPU, which has AMX/AVX512-BF16.
 """
 
 from jvision import config_lib
@@ -41,7 +45,7 @@ def get_config(arg: str | None = None):
     config.model.read_size = 2
     config.model.write_size = 5
     config.model.use_attention = True
-    config.model.matmul_dtype = "float32"
+    config.model.matmul_dtype = "float32"  # Dense layers' matmuls: 'float32' or 'bfloat16'.
 
     config.evals.test = dict(type="mean_metrics", split=config.data.eval_split)
 

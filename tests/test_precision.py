@@ -47,7 +47,8 @@ def test_backward_matmuls_take_bfloat16_operands():
         jax.jit(jax.grad(loss, argnums=(0, 1))).lower(jnp.ones((8, 5)), jnp.ones((5, 3))).as_text()
     )
     dots = [line for line in text.splitlines() if "dot_general" in line]
-    assert len(dots) == 3 and all("xbf16>, tensor<" in line for line in dots), dots
+    operands = [line.split(" : (")[1].split(") -> ")[0].split(", ") for line in dots]
+    assert len(dots) == 3 and all(o.endswith("xbf16>") for ops in operands for o in ops), dots
 
 
 def test_float32_is_plain_dot_general_and_linear_layers_accept_it():
@@ -60,6 +61,14 @@ def test_float32_is_plain_dot_general_and_linear_layers_accept_it():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_gradients_come_back_in_the_primals_dtypes():
+    dot = precision.dot_general("bfloat16")
+    dims = (((1,), (0,)), ((), ()))
+    lhs, rhs = jnp.ones((4, 3), jnp.bfloat16), jnp.ones((3, 2), jnp.float32)
+    d_lhs, d_rhs = jax.grad(lambda a, b: dot(a, b, dims).sum(), argnums=(0, 1))(lhs, rhs)
+    assert (d_lhs.dtype, d_rhs.dtype) == (jnp.bfloat16, jnp.float32)
 
 
 def test_bad_dtype_and_unsupported_contractions_are_refused():

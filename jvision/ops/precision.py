@@ -36,18 +36,19 @@ def _mixed_dense(lhs: jax.Array, rhs: jax.Array, dtype) -> jax.Array:
 
 
 def _mixed_dense_fwd(lhs, rhs, dtype):
+    dtypes = (jnp.zeros((), lhs.dtype), jnp.zeros((), rhs.dtype))  # Residuals must be arrays.
     lhs, rhs = lhs.astype(dtype), rhs.astype(dtype)
-    return jnp.matmul(lhs, rhs, preferred_element_type=jnp.float32), (lhs, rhs)
+    return jnp.matmul(lhs, rhs, preferred_element_type=jnp.float32), (lhs, rhs, dtypes)
 
 
 def _mixed_dense_bwd(dtype, residuals, cotangent):
-    lhs, rhs = residuals
+    lhs, rhs, (lhs_like, rhs_like) = residuals
     cotangent = cotangent.astype(dtype)
     d_lhs = jnp.matmul(cotangent, rhs.T, preferred_element_type=jnp.float32)
     flat_lhs = lhs.reshape(-1, lhs.shape[-1])
     flat_cotangent = cotangent.reshape(-1, cotangent.shape[-1])
     d_rhs = jnp.matmul(flat_lhs.T, flat_cotangent, preferred_element_type=jnp.float32)
-    return d_lhs, d_rhs
+    return d_lhs.astype(lhs_like.dtype), d_rhs.astype(rhs_like.dtype)  # As the primals.
 
 
 _mixed_dense.defvjp(_mixed_dense_fwd, _mixed_dense_bwd)
@@ -65,8 +66,12 @@ def dot_general(dtype: str):
         return jax.lax.dot_general
     compute_dtype = jnp.dtype(dtype)
 
-    def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, **unused_kwargs):
+    def mixed_dot_general(
+        lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **unused_kwargs
+    ):
         del precision, unused_kwargs  # The operand dtype is the precision; results are float32.
+        if preferred_element_type not in (None, jnp.float32):
+            raise NotImplementedError("mixed-precision dot_general returns float32 results")
         if not _dense_dims(lhs, rhs, dimension_numbers):
             raise NotImplementedError(
                 f"mixed-precision dot_general supports dense layers only, got {dimension_numbers}"
