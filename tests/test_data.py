@@ -54,6 +54,21 @@ def test_train_batches_binarized_deterministic_and_resumable():
         np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
 
 
+def test_in_memory_cache_changes_nothing_but_speed():
+    cached, uncached = _config(), _config(cache_max_examples=0)
+    a, b = pipeline.train_iterator(cached), pipeline.train_iterator(uncached)
+    for _ in range(3):
+        x, y = next(a), next(b)
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    state = a.get_state()
+    b.set_state(state)  # Iterator states are interchangeable too.
+    np.testing.assert_array_equal(next(a)["image"], next(b)["image"])
+    evals = [list(pipeline.EvalData(c, "test")) for c in (cached, uncached)]
+    for x, y in zip(*evals, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+
+
 def test_epochs_are_reshuffled_and_cover_the_split():
     config = _config(binarize="none")
     config.batch_size = 1000

@@ -98,6 +98,8 @@ def _examples(data: ml_collections.ConfigDict, split: str) -> tuple[grain.MapDat
     source = sources.open_source(data.name, split, data.data_dir)
     ds = grain.MapDataset.source(source)
     ds = ds[jax.process_index() :: jax.process_count()]
+    if len(ds) <= data.cache_max_examples:
+        ds = grain.MapDataset.source([ds[i] for i in range(len(ds))])
     return ds, len(source)
 
 
