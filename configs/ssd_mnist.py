@@ -11,15 +11,18 @@ Adam lr 1e-3 (biases 2e-3), coupled weight decay 5e-4, batch 20 in stored order 
 
 Fixed, not copied: the tutorial's boxes and priors disagree on which axis is x (it learned in a
 transposed frame). Here both use (ymin, xmin, ymax, xmax); aspect ratios are height / width, which
-keeps the priors' image-space shapes.
+keeps the priors' image-space shapes. Same maths, faster: each map's box and class convs are one
+conv (initialised as the two), max-pooling is elementwise maxima.
 
 Command:
     python -m jvision.main --config=configs/ssd_mnist.py --workdir=workdirs/ssd_mnist
 
-Result (2026-11-22, 2-core CPU shared with other runs, 73 min 59 s wall; 37 ms per step when idle):
-test/mAP 0.8953 (tutorial: 0.8817); AP 0: 0.909, 1: 0.794, 2: 0.906, 3: 0.909, 4: 0.907,
-5: 0.909, 6: 0.906, 7: 0.906, 8: 0.907, 9: 0.902. mAP at epochs 20/40/60/80: 0.8950, 0.8939,
-0.8955, 0.8952 (see configs/ssd_mnist_short.py for a 10-epoch schedule).
+Result (2026-11-22, 2-core CPU, 64 min 3 s wall, the host's speed drifting ~25% during the run;
+33-42 ms per train step in `python benchmarks/step_time.py --config=configs/ssd_mnist.py`):
+test/mAP 0.8959 (tutorial: 0.8817); AP 0: 0.908, 1: 0.805, 2: 0.907, 3: 0.908, 4: 0.907,
+5: 0.907, 6: 0.907, 7: 0.906, 8: 0.908, 9: 0.895. mAP at epochs 20/40/60/80: 0.8938, 0.8939,
+0.8953, 0.8956 (see configs/ssd_mnist_short.py for a 10-epoch schedule). The run predates the
+in-memory data cache (`data.cache_max_examples`), which changes no batch.
 """
 
 from jvision import config_lib

@@ -4,8 +4,9 @@
   between them; feature maps are the last two stages' outputs (32@16², 64@8²).
 - Auxiliary: two stages of (1×1 conv to half width, 3×3 stride-2 conv) with BatchNorm and ReLU
   (64@4², 64@2²).
-- Heads: per map, instance normalisation (no affine) then 3×3 convs to 4 box offsets and 11 class
-  logits (10 digits + background, index 10) per prior: 6, 7, 7, 7 priors per cell, 2,124 priors.
+- Heads: per map, instance normalisation (no affine) then 3×3 convs (fused into one) to 4 box
+  offsets and 11 class logits (10 digits + background, index 10) per prior: 6, 7, 7, 7 priors
+  per cell, 2,124 priors.
 - Inputs are standardised per image ((x - mean) / std + 0.5) as the tutorial's dataset did.
 - Loss: SSD matching (IoU ≥ 0.5, every object forced onto its best prior), L1 box loss averaged
   over positive coordinates, and 0.25 × cross-entropy over positives plus as many hard negatives,
