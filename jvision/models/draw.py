@@ -71,7 +71,8 @@ class DRAW(nnx.Module):
         self.write_size = write_size
         self.use_attention = use_attention
         height, width, channels = self.image_shape
-        dense = functools.partial(nnx.Linear, dot_general=precision.dot_general(matmul_dtype))
+        dot_general = precision.dot_general(matmul_dtype)
+        dense = functools.partial(nnx.Linear, dot_general=dot_general)
         if use_attention:
             read_features = 2 * read_size * read_size * channels
             write_features = write_size * write_size * channels
@@ -80,7 +81,7 @@ class DRAW(nnx.Module):
         else:
             read_features = 2 * height * width * channels
             write_features = height * width * channels
-        lstm = functools.partial(LSTM, dot_general=precision.dot_general(matmul_dtype))
+        lstm = functools.partial(LSTM, dot_general=dot_general)
         self.encoder = lstm(read_features + hidden_size, hidden_size, rngs=rngs)
         self.posterior = dense(hidden_size, 2 * latent_size, rngs=rngs)
         self.decoder = lstm(latent_size, hidden_size, rngs=rngs)
@@ -190,7 +191,7 @@ def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> DRAW:
         read_size=model_config.read_size,
         write_size=model_config.write_size,
         use_attention=model_config.use_attention,
-        matmul_dtype=model_config.get("matmul_dtype", precision.FLOAT32),
+        matmul_dtype=model_config.matmul_dtype,
         rngs=rngs,
     )
 
