@@ -28,11 +28,11 @@ def main(argv):
     config = _CONFIG.value
     family = models.get(config.model.name)
     mesh = sharding.data_mesh()
-    data = pipeline.train_iterator(config)
+    data, _ = pipeline.train_data(config)
     batch = sharding.global_batch(mesh, next(data))
-    graphdef, state = train.create_state(config, family, mesh)
+    graphdefs, state = train.create_state(config, family, mesh)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-    step_fn, metrics_class = train.make_train_step(config, family, graphdef, state, mesh, spec)
+    step_fn, metrics_class = train.make_train_step(config, family, graphdefs, state, mesh, spec)
     metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
 
     start = time.perf_counter()

@@ -5,7 +5,7 @@ SGD (lr 0.1, momentum 0.9, weight decay 1e-4), batch 256, 90 epochs with the rat
 
 Needs TFDS `cifar100`. Command (after configs/patchvae_cifar100.py):
     python -m jvision.main --config=configs/transfer_cifar100.py --workdir=workdirs/transfer_cifar100 \
-        --config.model.pretrained_workdir=workdirs/patchvae_cifar100
+        --config.init_from.workdir=workdirs/patchvae_cifar100
 """
 
 import os

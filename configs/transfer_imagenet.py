@@ -6,7 +6,7 @@ The head sees the flattened 7×7×512 map (the authors' `--arch` typo instead po
 
 Needs TFDS `imagenet2012`. Command (after configs/patchvae_imagenet.py):
     python -m jvision.main --config=configs/transfer_imagenet.py --workdir=workdirs/transfer_imagenet \
-        --config.model.pretrained_workdir=workdirs/patchvae_imagenet
+        --config.init_from.workdir=workdirs/patchvae_imagenet
 """
 
 import os

@@ -4,10 +4,12 @@ The protocol of PatchVAE's classifier: the encoder of a pretraining workdir, fro
 BatchNorm statistics, and Dropout(0.5) → Dense 512 → ReLU → Dense 10 trained with SGD (momentum
 0.9, weight decay 1e-4, rate ×0.1 every `decay_every_steps`). Reports `test/top1`.
 
-Commands (pretrain, then transfer; an empty `pretrained_workdir` is the random-encoder floor):
+The encoder comes from the pretraining run named by `init_from.workdir` (its `encoder` sub-tree,
+copied before training; `model.scale` must be the pretraining's). Commands (pretrain, then
+transfer; an empty `init_from.workdir` is the random-encoder floor):
     python -m jvision.main --config=configs/patchvae_mnist.py --workdir=workdirs/patchvae_mnist
     python -m jvision.main --config=configs/transfer_mnist.py --workdir=workdirs/transfer_patchvae \
-        --config.model.pretrained_workdir=workdirs/patchvae_mnist
+        --config.init_from.workdir=workdirs/patchvae_mnist
 
 Result (2026-11-22, 2-core CPU, about 1 min each): test/top1 97.3 % from the PatchVAE encoder,
 97.4 % from the VAE baseline's (`--config.model.kind=vae` pretraining), 96.1 % from a random one.
@@ -34,9 +36,11 @@ def get_config(arg: str | None = None):
     config.optimizer.decay_steps = (1500,)
     config.optimizer.decay_factor = 0.1
 
+    config.init_from.workdir = ""  # A pretraining run; empty: a randomly initialised encoder.
+    config.init_from.source = "encoder"
+
     config.model.name = "transfer"
-    config.model.pretrained_workdir = ""  # Empty: a randomly initialised encoder.
-    config.model.scale = 4  # Used only without a pretrained workdir (else read from it).
+    config.model.scale = 4  # The pretraining's (configs/patchvae_mnist.py).
     config.model.image_shape = (28, 28, 1)
     config.model.num_classes = 10
     config.model.freeze_stages = -1  # -1: the whole encoder.

@@ -63,6 +63,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = ""
 
+    # Initialise part of the model from another run before training (not when resuming): the
+    # sub-tree `source` ("/"-separated; "" = the whole model) of the model saved in `workdir`
+    # (checkpoint `step`; None = the latest) replaces the sub-tree `target` ("" = `source`).
+    config.init_from = ml_collections.ConfigDict()
+    config.init_from.workdir = ""  # Empty: off.
+    config.init_from.step = ml_collections.config_dict.placeholder(int)
+    config.init_from.source = ""
+    config.init_from.target = ""
+
     # Evaluations: name -> {type: module in jvision.evaluators, split}. Metric names are
     # prefixed with the evaluation's name, e.g. `test/nelbo_nats`.
     config.evals = ml_collections.ConfigDict()

@@ -1,45 +1,55 @@
-"""Images for TensorBoard and the workdir: grids of model outputs, rectangles drawn on them.
+"""Pictures for TensorBoard, the workdir and notebooks, drawn on the host with NumPy.
 
-Model families return each summary as a grid `[rows, columns, H, W, C]` of floats in [0, 1]; the
-trainer tiles it with `image_grid`. The helpers here work on NumPy and on traced JAX arrays.
+A family's `image_summaries` computes numbers inside jit (images, boxes, scores); its
+`draw_summaries` turns them into grids `[rows, columns, H, W, C]` of floats in [0, 1] with the
+helpers here (rectangles, digit glyphs); `image_grid` tiles a grid into one picture.
+`Summarizer` runs both for a model state.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jvision import models, sharding
 
-def as_rows(images, columns: int):
+
+def as_rows(images: np.ndarray, columns: int) -> np.ndarray:
     """[N, H, W, C] -> [ceil(N / columns), columns, H, W, C], padding the last row with zeros."""
+    images = np.asarray(images)
     count = images.shape[0]
     rows = -(-count // columns)
-    padding = jnp.zeros((rows * columns - count, *images.shape[1:]), images.dtype)
-    return jnp.concatenate([images, padding]).reshape(rows, columns, *images.shape[1:])
+    padding = np.zeros((rows * columns - count, *images.shape[1:]), images.dtype)
+    return np.concatenate([images, padding]).reshape(rows, columns, *images.shape[1:])
 
 
-def to_rgb(images):
+def to_rgb(images: np.ndarray) -> np.ndarray:
     """[..., 1] grayscale -> [..., 3]; RGB passes through."""
-    return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def draw_rectangles(images, boxes, color):
+def draw_rectangles(images: np.ndarray, boxes: np.ndarray, color) -> np.ndarray:
     """Draws 1-pixel rectangle outlines.
 
     Args:
       images: [N, H, W, 3] floats in [0, 1].
-      boxes: [N, 4] (ymin, xmin, ymax, xmax) in 0-based pixel units; edges outside the image are
-        not drawn.
+      boxes: [N, 4] (ymin, xmin, ymax, xmax) in 0-based pixel units, NaN for none; edges outside
+        the image are not drawn.
       color: 3 floats.
     Returns:
-      [N, H, W, 3].
+      A copy of `images` with the outlines, [N, H, W, 3].
     """
+    images = np.array(images, np.float32)
     _, height, width, _ = images.shape
-    y0, x0, y1, x1 = (jnp.round(boxes[:, i])[:, None, None] for i in range(4))
-    ys = jnp.arange(height)[None, :, None]
-    xs = jnp.arange(width)[None, None, :]
+    corners = np.round(np.nan_to_num(np.asarray(boxes, np.float64), nan=-1e6))
+    y0, x0, y1, x1 = (corners[:, i][:, None, None] for i in range(4))
+    ys = np.arange(height)[None, :, None]
+    xs = np.arange(width)[None, None, :]
     in_rows = (ys >= y0) & (ys <= y1)
     in_cols = (xs >= x0) & (xs <= x1)
     outline = (((ys == y0) | (ys == y1)) & in_cols) | (((xs == x0) | (xs == x1)) & in_rows)
-    return jnp.where(outline[..., None], jnp.asarray(color, images.dtype), images)
+    images[outline] = color
+    return images
 
 
 def image_grid(grid, pad_px: int = 1) -> np.ndarray:
@@ -61,11 +71,9 @@ def image_grid(grid, pad_px: int = 1) -> np.ndarray:
     return (picture[None] * 255).round().astype(np.uint8)
 
 
-def save_png(path: str, picture: np.ndarray) -> None:
-    """Writes an [H, W, C] uint8 picture."""
-    from PIL import Image
-
-    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(path)
+def grid_rows(grid, pad_px: int = 1) -> np.ndarray:
+    """Each row of a grid as one picture: [rows, columns, H, W, C] -> [rows, h, w, C] uint8."""
+    return np.concatenate([image_grid(row[None], pad_px) for row in np.asarray(grid)])
 
 
 # 3×5 pixel glyphs of the digits 0-9, for labels and scores drawn next to boxes.
@@ -82,19 +90,108 @@ _GLYPH_ROWS = (
     ("111", "101", "111", "001", "111"),
 )
 GLYPHS = np.array([[[c == "1" for c in row] for row in glyph] for glyph in _GLYPH_ROWS])
+GLYPH_HEIGHT, GLYPH_WIDTH = GLYPHS.shape[1:]
 
 
-def draw_digit(images, top, left, digit, color):
-    """Stamps one 3×5 digit glyph per image at integer pixel (top, left).
+def draw_text(image: np.ndarray, top: int, left: int, digits: str, color) -> np.ndarray:
+    """Stamps a string of digits (3×5 glyphs, 1 px apart) onto one [H, W, 3] image, in place;
+    pixels outside the image are skipped. Returns the image."""
+    height, width, _ = image.shape
+    for index, character in enumerate(digits):
+        glyph = GLYPHS[int(character)]
+        x = left + index * (GLYPH_WIDTH + 1)
+        for dy, dx in zip(*np.nonzero(glyph), strict=True):
+            if 0 <= top + dy < height and 0 <= x + dx < width:
+                image[top + dy, x + dx] = color
+    return image
+
+
+def labelled_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray | None,
+    box_color,
+    text_color=None,
+) -> np.ndarray:
+    """One [H, W, 3] image with each box [K, 4] (pixels) outlined and labelled at its top-left
+    corner with its class and, when `scores` are given, the score in percent (`7 93`)."""
+    image = np.array(image, np.float32)
+    for index, box in enumerate(boxes):
+        image = draw_rectangles(image[None], box[None], box_color)[0]
+        top, left = int(round(box[0])) + 2, int(round(box[1])) + 2
+        draw_text(image, top, left, str(int(labels[index])), box_color)
+        if scores is not None:
+            percent = f"{min(int(scores[index] * 100), 99):02d}"
+            draw_text(image, top, left + GLYPH_WIDTH + 3, percent, text_color or box_color)
+    return image
+
+
+class Summarizer:
+    """A family's pictures of a batch for a model state: `image_summaries` jitted, then
+    `draw_summaries` on the host. `count` limits the batch to its first rows."""
+
+    def __init__(self, family, graphdef, mesh, seed: int, count: int):
+        key = jax.random.key(seed)
+
+        def outputs(model_state, batch, step):
+            model = models.eval_model(graphdef, model_state)
+            batch = jax.tree.map(lambda x: x[:count], batch)
+            return family.image_summaries(model, batch, key, step)
+
+        self._outputs = jax.jit(outputs, out_shardings=sharding.replicated(mesh))
+        self._draw = getattr(family, "draw_summaries", lambda arrays: arrays)
+
+    def __call__(self, model_state, batch, step: int) -> dict[str, np.ndarray]:
+        """`{name: [rows, columns, H, W, C] floats in [0, 1]}`."""
+        arrays = jax.device_get(self._outputs(model_state, batch, jnp.int32(step)))
+        return {name: np.asarray(grid) for name, grid in self._draw(arrays).items()}
+
+
+GROUND_TRUTH_COLOR = (0.1, 0.9, 0.1)
+DETECTION_COLOR = (0.95, 0.15, 0.1)
+SCORE_COLOR = (1.0, 0.85, 0.2)
+
+
+def draw_detections(
+    images: np.ndarray,
+    detections: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray] | None = None,
+    min_score: float = 0.4,
+    max_boxes: int = 8,
+    scale: int = 4,
+) -> np.ndarray:
+    """Scenes with their detections, enlarged `scale`× so labels and scores are legible.
 
     Args:
-      images: [N, H, W, 3]; top, left, digit: [N] ints (a digit < 0 draws nothing).
+      images: [N, H, W, C] in [0, 1].
+      detections: `boxes` [N, K, 4] (normalised ymin, xmin, ymax, xmax), `scores`, `labels`,
+        `valid` [N, K], as a detector's `predict` returns them.
+      truth: optional ground truth, `boxes` [N, M, 4] normalised and `labels` [N, M] (-1 pads),
+        drawn in green.
+      min_score: detections scoring lower are not drawn; at most `max_boxes`, best first, are.
+    Returns:
+      [N, scale·H, scale·W, 3]: detections in red, labelled with class and score in percent.
     """
-    _, height, width, _ = images.shape
-    dy = jnp.arange(height)[None, :, None] - top[:, None, None]
-    dx = jnp.arange(width)[None, None, :] - left[:, None, None]
-    inside = (dy >= 0) & (dy < 5) & (dx >= 0) & (dx < 3) & (digit[:, None, None] >= 0)
-    glyph = jnp.asarray(GLYPHS)[
-        jnp.clip(digit, 0)[:, None, None], jnp.clip(dy, 0, 4), jnp.clip(dx, 0, 2)
-    ]
-    return jnp.where((inside & glyph)[..., None], jnp.asarray(color, images.dtype), images)
+    images = to_rgb(np.repeat(np.repeat(np.asarray(images), scale, 1), scale, 2))
+    size = np.array(images.shape[1:3] * 2, np.float64)
+    pictures = []
+    for index, image in enumerate(images):
+        image = np.array(image, np.float32)
+        if truth is not None:
+            real = truth["labels"][index] >= 0
+            for box in truth["boxes"][index][real] * size:
+                image = draw_rectangles(image[None], box[None], GROUND_TRUTH_COLOR)[0]
+        shown = detections["valid"][index] & (detections["scores"][index] >= min_score)
+        order = np.argsort(-np.where(shown, detections["scores"][index], -1.0))[:max_boxes]
+        order = order[shown[order]]
+        image = labelled_boxes(
+            image,
+            detections["boxes"][index][order] * size,
+            detections["labels"][index][order],
+            detections["scores"][index][order],
+            DETECTION_COLOR,
+            SCORE_COLOR,
+        )
+        pictures.append(image)
+    return np.stack(pictures)

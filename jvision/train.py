@@ -2,16 +2,15 @@
 
     metrics = train_and_evaluate(config, workdir)
 
-Read top to bottom: checks → mesh → data → model and optimizer → steps → restore → loop → final
-evaluation. The trainer knows model families only through `jvision.models` (build, train_loss,
-eval_metrics, image_summaries) and evaluations only through `jvision.evaluators`.
+Read top to bottom: checks → mesh → data → model and optimizer → steps → restore (or initialise
+from another run) → loop → final evaluation. The trainer knows model families only through
+`jvision.models` and evaluations only through `jvision.evaluators`.
+
+The training state is named: `{"model": the model's variables, "opt": the optimizer's state}`.
 """
 
-import functools
-import json
 import logging
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +21,15 @@ from clu import metrics as clu_metrics
 from flax import nnx
 
 from jvision import checkpoint, evaluators, models, optim, sharding, summaries
+from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
 
-RESULTS_FILE = "results.json"
+
+def itstime(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action (log, save, evaluate) is due after `step` steps: every `every`
+    steps, and at the last step."""
+    return step == total or (every > 0 and step % every == 0)
 
 
 def _metric_collection(names) -> type[clu_metrics.Collection]:
@@ -43,14 +47,12 @@ def _check_finite(values: dict[str, float], step: int, ckpts: checkpoint.Checkpo
         )
 
 
-def _write_json(path: str, payload) -> None:
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
+def create_state(config: ml_collections.ConfigDict, family, mesh) -> tuple[dict, dict]:
+    """Builds the model and its optimizer.
 
-
-def create_state(config: ml_collections.ConfigDict, family, mesh):
-    """Builds the model and its optimizer; returns their graphdef and state, replicated."""
+    Returns `(graphdefs, state)`, each a dict with keys `model` and `opt`; the state is
+    replicated over the mesh.
+    """
     model = family.build(config.model, nnx.Rngs(config.seed))
     # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
     trainable = family.trainable(model) if hasattr(family, "trainable") else nnx.Param
@@ -59,11 +61,13 @@ def create_state(config: ml_collections.ConfigDict, family, mesh):
         "parameters:\n%s",
         parameter_overview.get_parameter_overview(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
     )
-    graphdef, state = nnx.split((model, optimizer))
-    return graphdef, jax.device_put(state, sharding.replicated(mesh))
+    graphdefs, state = {}, {}
+    for name, node in (("model", model), ("opt", optimizer)):
+        graphdefs[name], state[name] = nnx.split(node)
+    return graphdefs, jax.device_put(state, sharding.replicated(mesh))
 
 
-def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, mesh, batch_spec):
+def make_train_step(config: ml_collections.ConfigDict, family, graphdefs, state, mesh, batch_spec):
     """Returns the jitted `(state, metrics, batch, step) -> (state, metrics)` and its metrics class.
 
     `state` and `metrics` are donated; the batch is split over the `data` axis. Randomness comes
@@ -71,22 +75,23 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdef, state, 
     """
     base_key = jax.random.key(config.seed)
 
-    def loss_and_terms(state, batch, key):
-        model, _ = nnx.merge(graphdef, state)
+    def loss_and_terms(model_state, batch, key):
+        model = nnx.merge(graphdefs["model"], model_state)
         return family.train_loss(model, batch, key, jnp.int32(0))
 
-    _, term_shapes = jax.eval_shape(loss_and_terms, state, batch_spec, base_key)
+    _, term_shapes = jax.eval_shape(loss_and_terms, state["model"], batch_spec, base_key)
     metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes]))
 
     def train_step(state, metrics, batch, step):
-        model, optimizer = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdefs["model"], state["model"])
+        optimizer = nnx.merge(graphdefs["opt"], state["opt"])
         key = jax.random.fold_in(base_key, step)
         trainable = nnx.DiffState(0, optimizer.wrt)
         grad_fn = nnx.value_and_grad(family.train_loss, argnums=trainable, has_aux=True)
         (loss, terms), grads = grad_fn(model, batch, key, step)
         optimizer.update(model, grads)
         new_metrics = metrics_class.single_from_model_output(**{"loss": loss, **terms})
-        return nnx.state((model, optimizer)), metrics.merge(new_metrics)
+        return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, metrics.merge(new_metrics)
 
     replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     jitted = jax.jit(
@@ -111,50 +116,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"{name} {config[name]} is not divisible by {jax.device_count()} devices; "
                 f"use a multiple of {jax.device_count()}"
             )
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    workdir = workdir_lib.path(workdir)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
     writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+        str(workdir), just_logging=not is_chief, asynchronous=True
     )
 
     # ----------------------------------------------------------------------- mesh & data
     mesh = sharding.data_mesh()
     logging.info("mesh: %d devices over %d processes", jax.device_count(), jax.process_count())
-    train_data = pipeline.train_iterator(config)
+    train_data, train_batch_spec = pipeline.train_data(config)
     evals = evaluators.build(family, config, mesh)
-    summary_batch = next(iter(pipeline.EvalData(config, config.data.eval_split)))
-    summary_batch = jax.tree.map(lambda x: x[: config.num_summary_images], summary_batch)
+    summary_batch = pipeline.summary_batch(config, config.data.eval_split, mesh)
 
     # ----------------------------------------------------------------------- model & step
-    graphdef, state = create_state(config, family, mesh)
-    train_batch_spec = {  # Train batches hold the eval batch's fields, without the padding mask.
-        k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
-        for k, v in summary_batch.items()
-        if k != "mask"
-    }
+    graphdefs, state = create_state(config, family, mesh)
     train_step, TrainMetrics = make_train_step(
-        config, family, graphdef, state, mesh, train_batch_spec
+        config, family, graphdefs, state, mesh, train_batch_spec
+    )
+    summarize = summaries.Summarizer(
+        family, graphdefs["model"], mesh, config.seed, config.num_summary_images
     )
     replicated = sharding.replicated(mesh)
 
-    @functools.partial(jax.jit, out_shardings=replicated)
-    def summary_step(state, batch):
-        model, _ = nnx.merge(graphdef, state)
-        model.eval()
-        return family.image_summaries(model, batch, jax.random.key(config.seed))
-
     def evaluate(step: int, final: bool = False) -> dict[str, float]:
-        results = {}
-        for evaluator in evals:
-            results.update(evaluator.run(graphdef, state))
+        results = evaluators.run_all(evals, graphdefs["model"], state["model"], step)
         writer.write_scalars(step, results)
-        grids = jax.device_get(summary_step(state, summary_batch))
-        pictures = {name: summaries.image_grid(grid) for name, grid in grids.items()}
+        pictures = {
+            name: summaries.image_grid(grid)
+            for name, grid in summarize(state["model"], summary_batch, step).items()
+        }
         writer.write_images(step, pictures)
-        if final and jax.process_index() == 0:  # The last pictures also go to workdir/images.
-            os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+        if final and is_chief:  # The last pictures also go to workdir/images.
+            images = workdir / workdir_lib.IMAGES_DIR
+            images.mkdir(parents=True, exist_ok=True)
             for name, picture in pictures.items():
-                summaries.save_png(os.path.join(workdir, "images", f"{name}.png"), picture[0])
+                workdir_lib.save_png(images / f"{name}.png", picture[0])
         logging.info("step %d: %s", step, results)
         return results
 
@@ -166,6 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, step = restored
         logging.info("resuming from step %d", step)
     else:
+        if config.init_from.workdir:
+            checkpoint.initialise_from(state["model"], config.init_from, config.model)
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)})
 
     # ----------------------------------------------------------------------- train loop
@@ -174,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.profile_steps:
             hooks.append(
                 periodic_actions.Profile(
-                    logdir=workdir,
+                    logdir=str(workdir),
                     num_profile_steps=config.profile_steps,
                     profile_duration_ms=None,  # The window is `profile_steps` long, however fast.
                     first_profile=config.profile_first_step,
@@ -182,27 +184,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
             )
         metrics = jax.device_put(TrainMetrics.empty(), replicated)
-        while step < config.total_steps:
+        total = config.total_steps
+        while step < total:
             batch = sharding.global_batch(mesh, next(train_data))
             state, metrics = train_step(state, metrics, batch, jnp.int32(step))
             step += 1
             for hook in hooks:
                 hook(step)
-            is_last = step == config.total_steps
-            if step % config.log_every_steps == 0 or step % config.ckpt_every_steps == 0 or is_last:
+            log, save = (
+                itstime(step, config.log_every_steps, total),
+                itstime(step, config.ckpt_every_steps, total),
+            )
+            if log or save:  # Never save a non-finite state.
                 values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
                 _check_finite(values, step, ckpts)
-                if step % config.log_every_steps == 0 or is_last:
+                if log:
                     writer.write_scalars(step, values)
                     metrics = jax.device_put(TrainMetrics.empty(), replicated)
-            if step % config.ckpt_every_steps == 0 or is_last:
+            if save:
                 ckpts.save(step, state, train_data, config)
-            if step % config.eval_every_steps == 0 and not is_last:
+            if step < total and itstime(step, config.eval_every_steps, total):
                 evaluate(step)
 
         # ------------------------------------------------------------------- final evaluation
         results = evaluate(step, final=True)
-        _write_json(os.path.join(workdir, RESULTS_FILE), {"step": step, "metrics": results})
+        if is_chief:
+            workdir_lib.write_json(
+                workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
+            )
     finally:  # Also on errors: finish the checkpoint being written and flush the logs.
         ckpts.close()
         writer.close()

@@ -159,7 +159,8 @@ def test_generation_and_summaries(use_attention):
     assert (boxes is None) == (not use_attention)
     if use_attention:
         assert boxes.shape == (20, 3, 4)
-    grids = draw.image_summaries(model, {"image": _images((3, 12, 10, 1))}, jax.random.key(6))
+    outputs = draw.image_summaries(model, {"image": _images((3, 12, 10, 1))}, jax.random.key(6), 0)
+    grids = draw.draw_summaries(jax.device_get(outputs))
     shown = len(draw._shown_steps(20))
     assert shown == 16
     assert grids["generation"].shape == (3, shown, 12, 10, 3)

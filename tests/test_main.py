@@ -131,7 +131,7 @@ def test_tiny_transfer_from_a_tiny_pretrained_workdir(tmp_path):
     result = run_main(
         "--config=configs/transfer_mnist.py:tiny",
         f"--workdir={transferred}",
-        f"--config.model.pretrained_workdir={pretrained}",
+        f"--config.init_from.workdir={pretrained}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(transferred / "results.json"))["metrics"]

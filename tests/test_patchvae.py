@@ -108,8 +108,11 @@ def test_loss_terms_and_both_kinds_decode_to_images():
             expected += 10 * terms["kl_occurrence"]
             np.testing.assert_allclose(terms["temperature"], 0.638, atol=1e-3)
         np.testing.assert_allclose(loss, expected, rtol=1e-5)
-        grids = patchvae.image_summaries(model, batch, jax.random.key(3))
+        grids = patchvae.image_summaries(model, batch, jax.random.key(3), jnp.int32(5000))
         assert grids["reconstructions"].shape == (2, 2, 28, 28, 1)
+        predicted = patchvae.predict(model, batch, jnp.int32(0))
+        assert predicted["reconstruction"].shape == (2, 28, 28, 1)
+        assert ("occurrence" in predicted) == (kind == "patchvae")
 
 
 def test_edge_weights_have_mean_one_and_follow_edges():

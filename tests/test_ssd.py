@@ -129,9 +129,12 @@ def test_hard_negative_mining_takes_one_negative_per_positive():
 
 
 def test_predict_returns_fixed_size_per_class_detections():
-    model = _model()
+    model = _model()  # In training mode: predict must use the BatchNorm statistics anyway.
+    detections = ssd.predict(model, _batch(2), 0)
     model.eval()
-    detections = ssd.predict(model, _batch(2))
+    eval_mode = ssd.predict(model, _batch(2), 0)
+    for name in detections:
+        np.testing.assert_array_equal(detections[name], eval_mode[name])
     k = 10 * model.max_detections_per_class
     assert detections["boxes"].shape == (2, k, 4)
     assert detections["scores"].shape == detections["labels"].shape == (2, k)
@@ -139,7 +142,8 @@ def test_predict_returns_fixed_size_per_class_detections():
     # Valid detections clear the score threshold.
     scores = np.asarray(detections["scores"])[np.asarray(detections["valid"])]
     assert (scores > model.score_threshold).all()
-    grids = ssd.image_summaries(model, _batch(2), None)
+    outputs = jax.device_get(ssd.image_summaries(model, _batch(2), None, 0))
+    grids = ssd.draw_summaries(outputs)
     assert grids["detections"].shape == (1, 8, 128, 128, 3)
 
 

@@ -37,12 +37,31 @@ def test_as_rows_pads_the_last_row():
     assert rows[1, 2].sum() == 0 and rows[1, 1].sum() == 4
 
 
-def test_draw_digit_stamps_the_glyph():
-    images = np.zeros((2, 8, 8, 3), np.float32)
-    out = np.asarray(
-        summaries.draw_digit(
-            images, np.array([1, 0]), np.array([2, 0]), np.array([7, -1]), (1, 1, 1)
-        )
-    )
-    np.testing.assert_array_equal(out[0, 1:6, 2:5, 0] == 1, summaries.GLYPHS[7])
-    assert out[0].sum() == 3 * summaries.GLYPHS[7].sum() and out[1].sum() == 0
+def test_draw_text_stamps_glyphs_one_pixel_apart_and_clips():
+    image = np.zeros((8, 12, 3), np.float32)
+    summaries.draw_text(image, 1, 2, "71", (1, 1, 1))
+    np.testing.assert_array_equal(image[1:6, 2:5, 0] == 1, summaries.GLYPHS[7])
+    np.testing.assert_array_equal(image[1:6, 6:9, 0] == 1, summaries.GLYPHS[1])
+    assert image.sum() == 3 * (summaries.GLYPHS[7].sum() + summaries.GLYPHS[1].sum())
+    edge = np.zeros((4, 4, 3), np.float32)
+    summaries.draw_text(edge, 2, 2, "8", (1, 0, 0))  # Mostly outside: only the inside is drawn.
+    assert edge[..., 0].sum() == summaries.GLYPHS[8][:2, :2].sum()
+
+
+def test_draw_detections_draws_what_scores_high_enough():
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    detections = {
+        "boxes": np.array([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]] * 2, np.float32),
+        "scores": np.array([[0.9, 0.3], [0.2, 0.1]], np.float32),
+        "labels": np.array([[3, 4], [5, 6]]),
+        "valid": np.array([[True, True], [True, False]]),
+    }
+    truth = {"boxes": np.array([[[0.25, 0.25, 0.75, 0.75]]] * 2), "labels": np.array([[1], [-1]])}
+    pictures = summaries.draw_detections(images, detections, truth, min_score=0.4, scale=4)
+    assert pictures.shape == (2, 32, 32, 3)
+    red = np.all(np.isclose(pictures, summaries.DETECTION_COLOR), -1)
+    green = np.all(np.isclose(pictures, summaries.GROUND_TRUTH_COLOR), -1)
+    # Image 0: the 0.9 box (pixels 0-16) and its label, the ground truth (8-24); not the 0.3 box.
+    assert red[0, 0, :17].all() and not red[0, 30].any()
+    assert green[0, 8, 9:16].all() and green[0, 8, 17:25].all()  # Red crosses it at 16.
+    assert not red[1].any() and not green[1].any()  # Nothing over 0.4; padded truth.

@@ -20,7 +20,7 @@ def pretrained(tmp_path_factory):
 
 def _transfer_config(pretrained_workdir="", freeze=-1):
     config = load_config("transfer_mnist", "tiny")
-    config.model.pretrained_workdir = pretrained_workdir
+    config.init_from.workdir = pretrained_workdir
     config.model.freeze_stages = freeze
     return config
 
@@ -47,25 +47,55 @@ def test_freezing_selects_the_head_and_unfrozen_convs_only():
 def test_transfer_keeps_the_pretrained_encoder_and_trains_the_head(pretrained, tmp_path):
     results = train.train_and_evaluate(_transfer_config(pretrained), str(tmp_path))
     assert 0 <= results["test/top1"] <= 1
-    source, _ = checkpoint.load_state(pretrained)
-    trained, _ = checkpoint.load_state(str(tmp_path))
+    source, _ = checkpoint.load_model(pretrained)
+    trained, _ = checkpoint.load_model(str(tmp_path))
     for a, b in zip(
-        jax.tree.leaves(source["0"]["encoder"]),
-        jax.tree.leaves(trained["0"]["encoder"]),
-        strict=True,
+        jax.tree.leaves(source["encoder"]), jax.tree.leaves(trained["encoder"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)  # Weights and BatchNorm statistics untouched.
     initial = transfer.build(_transfer_config(pretrained).model, nnx.Rngs(0))
-    assert not np.allclose(initial.hidden.kernel[...], trained["0"]["hidden"]["kernel"])
+    assert not np.allclose(initial.hidden.kernel[...], trained["hidden"]["kernel"])
 
 
-def test_missing_or_wrong_pretrained_workdir_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="pretrained_workdir"):
-        transfer.build(_transfer_config(str(tmp_path / "none")).model, nnx.Rngs(0))
-    vae_run = str(tmp_path / "vae")
-    train.train_and_evaluate(load_config("vae_mnist", "tiny"), vae_run)
-    with pytest.raises(UserError, match="holds a 'vae' model"):
-        transfer.build(_transfer_config(vae_run).model, nnx.Rngs(0))
+def test_init_from_copies_exactly_the_named_subtree(pretrained):
+    config = _transfer_config(pretrained)
+    model = transfer.build(config.model, nnx.Rngs(0))
+    state = nnx.state(model)
+    before = nnx.to_pure_dict(nnx.clone(state))
+    checkpoint.initialise_from(state, config.init_from, config.model)
+    after = nnx.to_pure_dict(state)
+    source, _ = checkpoint.load_model(pretrained)
+    # Everything under `encoder` (kernels, BatchNorm scales and statistics) is the source's ...
+    source_leaves = jax.tree.leaves(source["encoder"])
+    assert len(source_leaves) == len(jax.tree.leaves(after["encoder"])) > 10
+    for a, b in zip(source_leaves, jax.tree.leaves(after["encoder"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # ... and nothing else changed.
+    for name in ("hidden", "logits"):
+        for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # A nested sub-tree works too.
+    config.init_from.source, config.init_from.target = "encoder/conv1", "encoder/conv1"
+    checkpoint.initialise_from(nnx.state(model), config.init_from, config.model)
+
+
+def test_init_from_errors_are_clear(pretrained, tmp_path):
+    config = _transfer_config(str(tmp_path / "none"))
+    model_state = nnx.state(transfer.build(config.model, nnx.Rngs(0)))
+    with pytest.raises(UserError, match="init_from.workdir .*none: .*holds no checkpoints"):
+        checkpoint.initialise_from(model_state, config.init_from, config.model)
+    config.init_from.workdir = pretrained
+    config.init_from.source = "decoder/nothing"
+    with pytest.raises(UserError, match="init_from.source 'decoder/nothing' is not in the model"):
+        checkpoint.initialise_from(model_state, config.init_from, config.model)
+    config.init_from.source, config.init_from.target = "encoder", "head"
+    with pytest.raises(UserError, match="init_from.target 'head' is not in this model"):
+        checkpoint.initialise_from(model_state, config.init_from, config.model)
+    config.init_from.target = ""
+    config.model.scale = 8  # The pretraining used 4: the trunks differ.
+    wider = nnx.state(transfer.build(config.model, nnx.Rngs(0)))
+    with pytest.raises(UserError, match="does not fit .*model configs differ in model.scale"):
+        checkpoint.initialise_from(wider, config.init_from, config.model)
 
 
 def test_cifar100_pretraining_and_transfer_run_on_mocked_tfds(tmp_path):
@@ -77,6 +107,6 @@ def test_cifar100_pretraining_and_transfer_run_on_mocked_tfds(tmp_path):
         train.train_and_evaluate(pretrain, str(tmp_path / "pretrained"))
         config = load_config("transfer_cifar100", "tiny")
         config.data.data_dir = str(tmp_path / "tfds")
-        config.model.pretrained_workdir = str(tmp_path / "pretrained")
+        config.init_from.workdir = str(tmp_path / "pretrained")
         results = train.train_and_evaluate(config, str(tmp_path / "transfer"))
     assert set(results) == {"test/loss", "test/top1"}

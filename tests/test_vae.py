@@ -41,13 +41,13 @@ def test_eval_metrics_are_per_example_and_images_in_range():
     model = _model()
     model.eval()
     batch = {"image": jnp.ones((6, 28, 28, 1))}
-    values = vae.eval_metrics(model, batch, jax.random.key(0))
+    values = vae.eval_metrics(model, batch, jax.random.key(0), 0)
     assert {k: v.shape for k, v in values.items()} == {
         "nelbo_nats": (6,),
         "recon_nats": (6,),
         "kl_nats": (6,),
     }
-    images = vae.image_summaries(model, batch, jax.random.key(0))
+    images = vae.draw_summaries(vae.image_summaries(model, batch, jax.random.key(0), 0))
     assert images["reconstructions"].shape == (1, 16, 28, 28, 1)  # 6 input/output pairs, padded.
     assert images["samples"].shape == (1, 16, 28, 28, 1)
     assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in images.values())

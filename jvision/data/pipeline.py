@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jvision import sharding
 from jvision.data import sources
 from jvision.errors import UserError
 
@@ -103,9 +104,10 @@ def _examples(data: ml_collections.ConfigDict, split: str) -> tuple[grain.MapDat
     return ds, len(source)
 
 
-def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
+def train_data(config: ml_collections.ConfigDict):
     """An infinite, checkpointable iterator of training batches, reshuffled every epoch unless
-    `data.shuffle` is False (then every epoch has the stored order)."""
+    `data.shuffle` is False (then every epoch has the stored order), and the shapes and dtypes of
+    its global batches (`{field: jax.ShapeDtypeStruct}`)."""
     data = config.data
     local_batch = _local_batch_size(config.batch_size, "batch_size")
     ds, size = _examples(data, data.train_split)
@@ -122,12 +124,15 @@ def train_iterator(config: ml_collections.ConfigDict) -> grain.DatasetIterator:
         ds = ds.random_map(Binarize(), seed=config.seed + 1)
     if data.random_flip:
         ds = ds.random_map(RandomFlip(), seed=config.seed + 2)
+    spec = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]), x.dtype), ds[0]
+    )
     iter_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_batches)
     )
     if data.num_workers > 0:
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-    return iter(iter_ds)
+    return iter(iter_ds), spec
 
 
 class EvalData:
@@ -161,6 +166,11 @@ class EvalData:
         return jax.tree.map(
             lambda x: np.zeros((0, *np.shape(x)), np.asarray(x).dtype), self.dataset[0]
         )
+
+
+def summary_batch(config: ml_collections.ConfigDict, split: str, mesh) -> dict[str, jax.Array]:
+    """The first eval batch of `split`, as a global array (the pictures are drawn from it)."""
+    return sharding.global_batch(mesh, next(iter(EvalData(config, split))))
 
 
 def pad_batch(batch, batch_size: int):

@@ -1,7 +1,8 @@
 """Evaluations selected by config: `config.evals.<name> = {type, split}`.
 
 An evaluator module defines `Evaluator(name, family, config, eval_config, mesh)` with
-`run(graphdef, state) -> {f"{name}/{metric}": float}`.
+`run(graphdef, model_state, step) -> {f"{name}/{metric}": float}`: it evaluates the model
+`nnx.merge(graphdef, model_state)` (in eval mode) after `step` train steps.
 """
 
 import importlib
@@ -24,3 +25,11 @@ def build(family, config, mesh) -> list:
         module = importlib.import_module(f"{__name__}.{eval_config.type}")
         evaluators.append(module.Evaluator(name, family, config, eval_config, mesh))
     return evaluators
+
+
+def run_all(evaluators: list, graphdef, model_state, step: int) -> dict[str, float]:
+    """Every evaluator's metrics, in one dict."""
+    results = {}
+    for evaluator in evaluators:
+        results.update(evaluator.run(graphdef, model_state, step))
+    return results

@@ -1,53 +1,52 @@
 """Mean average precision of a detector over a whole split (VOC07 11-point, IoU > 0.5).
 
-Needs a family with `predict(model, batch) -> {boxes, scores, labels, valid}` (fixed-size,
-per image); detections are gathered on the host and scored with
+Needs a family whose `predict(model, batch, step)` gives `{boxes, scores, labels, valid}`
+(fixed-size, per image); detections are gathered on the host and scored with
 `jvision.ops.detection_metrics`. Reports `<name>/mAP` and `<name>/AP_<class>`.
 """
 
-import functools
-
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from jvision import sharding
+from jvision import models, sharding
 from jvision.data import pipeline
 from jvision.ops import detection_metrics
 
 
 class Evaluator:
     def __init__(self, name: str, family, config: ml_collections.ConfigDict, eval_config, mesh):
-        if not hasattr(family, "predict"):
-            raise TypeError(f"evaluator detection_map needs {family.__name__}.predict")
         self.name = name
         self.mesh = mesh
         self.family = family
         self.num_classes = eval_config.get("num_classes", 10)
         self.iou_threshold = eval_config.get("iou_threshold", 0.5)
         self.data = pipeline.EvalData(config, eval_config.split)
-        self._step = None
+        self._steps = {}  # Jitted prediction steps by graphdef.
 
-    def _predict(self, graphdef, state, batch):
+    def _predict(self, graphdef, model_state, batch, step):
         """Detections and the ground truth of the whole global batch, on every process."""
-        model, _ = nnx.merge(graphdef, state)  # The trainer's state is (model, optimizer).
-        model.eval()
+        model = models.eval_model(graphdef, model_state)
         truth = {k: batch[k] for k in ("boxes", "labels", "mask")}
-        return self.family.predict(model, batch), truth
+        return self.family.predict(model, batch, step), truth
 
-    def run(self, graphdef, state) -> dict[str, float]:
-        if self._step is None:
-            self._step = jax.jit(
-                functools.partial(self._predict, graphdef),
-                in_shardings=(sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)),
+    def run(self, graphdef, model_state, step: int) -> dict[str, float]:
+        if graphdef not in self._steps:
+            self._steps[graphdef] = jax.jit(
+                lambda *args: self._predict(graphdef, *args),
+                in_shardings=(
+                    sharding.replicated(self.mesh),
+                    sharding.batch_sharded(self.mesh),
+                    None,
+                ),
                 out_shardings=sharding.replicated(self.mesh),
             )
+        predict = self._steps[graphdef]
         detections, ground_truths = [], []
         for batch in self.data:
-            predicted, truth = jax.device_get(
-                self._step(state, sharding.global_batch(self.mesh, batch))
-            )
+            batch = sharding.global_batch(self.mesh, batch)
+            predicted, truth = jax.device_get(predict(model_state, batch, jnp.int32(step)))
             for index in np.flatnonzero(truth["mask"]):
                 keep = predicted["valid"][index]
                 detections.append(

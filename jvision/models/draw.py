@@ -207,50 +207,85 @@ def _per_example_terms(model: DRAW, batch, key) -> dict[str, jax.Array]:
 train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
+def _batch_major(per_step):
+    """[T, B, ...] -> [B, T, ...]; None (no attention window) stays None."""
+    return None if per_step is None else jnp.swapaxes(per_step, 0, 1)
+
+
+def predict(model: DRAW, batch, step):
+    """The drawing of each image with every z_t at its posterior mean (no sampling noise):
+    `canvases` [B, T, H, W, C] (Bernoulli means after each glimpse) and the attention windows
+    `read_boxes`, `write_boxes` [B, T, 4] (ymin, xmin, ymax, xmax in pixels; None without
+    attention)."""
+    del step
+    images = batch["image"]
+    noise = jnp.zeros((model.num_glimpses, images.shape[0], model.latent_size))
+    _, recorded = model(images, noise, record=True)
+    return {
+        "canvases": _batch_major(jax.nn.sigmoid(recorded["canvas"])),
+        "read_boxes": _batch_major(recorded["read_box"]),
+        "write_boxes": _batch_major(recorded["write_box"]),
+    }
+
+
 def _shown_steps(num_glimpses: int) -> np.ndarray:
     """Up to MAX_SUMMARY_STEPS glimpse indices, evenly spaced, always including the last."""
     count = min(num_glimpses, MAX_SUMMARY_STEPS)
     return np.unique(np.linspace(0, num_glimpses - 1, count).round().astype(int))
 
 
-def _sequence_grid(canvases, boxes_and_colors, steps):
-    """Canvases [T, N, H, W, C] (logits) -> grid [N, len(steps), H, W, 3] with boxes drawn."""
-    frames = summaries.to_rgb(jax.nn.sigmoid(canvases[steps]))  # [S, N, H, W, 3]
-    shown, rows = frames.shape[:2]
-    frames = frames.reshape(shown * rows, *frames.shape[2:])
-    for boxes, color in boxes_and_colors:
-        if boxes is not None:
-            frames = summaries.draw_rectangles(frames, boxes[steps].reshape(-1, 4), color)
-    return frames.reshape(shown, rows, *frames.shape[1:]).swapaxes(0, 1)
+def _pick(per_step, steps, rows):
+    return None if per_step is None else per_step[steps, :rows]
 
 
-def image_summaries(model: DRAW, batch, key):
-    """The drawing sequences (the paper's Figures 1 and 7) and final samples.
-
-    - `generation`: rows are samples from the prior, columns glimpses; write windows in red.
-    - `reconstruction`: rows are test images (first column), then the canvas after each shown
-      glimpse with the read window (green) and write window (red) of that glimpse.
-    - `samples`: final canvases of prior samples.
-    """
+def image_summaries(model: DRAW, batch, key, step):
+    """The numbers behind the drawing sequences (the paper's Figures 1 and 7), at up to 16 evenly
+    spaced glimpses: canvases of prior samples with their write windows, canvases of test images
+    with their read and write windows, and final prior samples."""
+    del step
     images = batch["image"]
     rows = min(MAX_SUMMARY_ROWS, images.shape[0])
     steps = _shown_steps(model.num_glimpses)
     generate_key, reconstruct_key = jax.random.split(key)
-
     canvases, write_boxes = model.generate(model.noise(generate_key, images.shape[0]))
-    generation = _sequence_grid(
-        canvases[:, :rows],
-        [(None if write_boxes is None else write_boxes[:, :rows], WRITE_COLOR)],
-        steps,
-    )
-    samples = summaries.as_rows(jax.nn.sigmoid(canvases[-1]), 16)
-
     _, recorded = model(images[:rows], model.noise(reconstruct_key, rows), record=True)
-    sequence = _sequence_grid(
-        recorded["canvas"],
-        [(recorded["read_box"], READ_COLOR), (recorded["write_box"], WRITE_COLOR)],
-        steps,
+    return {
+        "generation": jax.nn.sigmoid(canvases[steps, :rows]),
+        "generation_write_boxes": _pick(write_boxes, steps, rows),
+        "samples": jax.nn.sigmoid(canvases[-1]),
+        "inputs": images[:rows],
+        "reconstruction": jax.nn.sigmoid(recorded["canvas"][steps]),
+        "read_boxes": _pick(recorded["read_box"], steps, rows),
+        "write_boxes": _pick(recorded["write_box"], steps, rows),
+    }
+
+
+def _sequence_grid(frames: np.ndarray, boxes_and_colors) -> np.ndarray:
+    """Frames [S, N, H, W, C] -> grid [N, S, H, W, 3] with each frame's boxes [S, N, 4] drawn."""
+    frames = summaries.to_rgb(frames)
+    shown, rows = frames.shape[:2]
+    flat = frames.reshape(shown * rows, *frames.shape[2:])
+    for boxes, color in boxes_and_colors:
+        if boxes is not None:
+            flat = summaries.draw_rectangles(flat, boxes.reshape(-1, 4), color)
+    return flat.reshape(shown, rows, *flat.shape[1:]).swapaxes(0, 1)
+
+
+def draw_summaries(outputs):
+    """- `generation`: rows are samples from the prior, columns glimpses; write windows in red.
+    - `reconstruction`: rows are test images (first column), then the canvas after each shown
+      glimpse with the read window (green) and write window (red) of that glimpse.
+    - `samples`: final canvases of prior samples, 16 per row."""
+    generation = _sequence_grid(
+        outputs["generation"], [(outputs["generation_write_boxes"], WRITE_COLOR)]
     )
-    inputs = summaries.to_rgb(images[:rows])[:, None]
-    reconstruction = jnp.concatenate([inputs, sequence], axis=1)
-    return {"generation": generation, "reconstruction": reconstruction, "samples": samples}
+    sequence = _sequence_grid(
+        outputs["reconstruction"],
+        [(outputs["read_boxes"], READ_COLOR), (outputs["write_boxes"], WRITE_COLOR)],
+    )
+    inputs = summaries.to_rgb(outputs["inputs"])[:, None]
+    return {
+        "generation": generation,
+        "reconstruction": np.concatenate([inputs, sequence], axis=1),
+        "samples": summaries.as_rows(outputs["samples"], 16),
+    }

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jvision import summaries
 from jvision.errors import UserError
 from jvision.models import _resnet
 from jvision.ops import distributions
@@ -136,7 +135,6 @@ class PatchVAE(nnx.Module):
             model_config.anneal,
             model_config.min_temperature,
         )
-        self.temperature = nnx.Variable(jnp.float32(model_config.initial_temperature))
         latent = self.num_parts * self.part_size
         self.encoder = _resnet.ResNetTrunk(channels, self.scale, rngs=rngs)
         features = self.encoder.out_channels
@@ -163,12 +161,16 @@ class PatchVAE(nnx.Module):
         z = occurrence[..., None] * appearance[:, None, None]  # [B, h, w, P, L]
         return self.decoder(z.reshape(*z.shape[:3], -1))
 
-    def __call__(self, images: jax.Array, key: jax.Array):
+    def temperature(self, step: jax.Array) -> jax.Array:
+        """The relaxed Bernoulli's temperature after `step` train steps."""
+        return temperature(step, *self.schedule)
+
+    def __call__(self, images: jax.Array, key: jax.Array, step: jax.Array):
         mean, variance, logits = self.posterior(images)
         appearance_key, occurrence_key = jax.random.split(key)
         appearance = mean + jnp.sqrt(variance) * jax.random.normal(appearance_key, mean.shape)
         occurrence = distributions.relaxed_bernoulli_sample(
-            occurrence_key, logits, self.temperature[...]
+            occurrence_key, logits, self.temperature(step)
         )
         if self.hard:  # Straight-through: binary forward, relaxed gradient.
             occurrence = occurrence + jax.lax.stop_gradient((logits > 0) - occurrence)
@@ -187,7 +189,6 @@ class GlobalVAE(nnx.Module):
         self.grid = (height // self.scale, width // self.scale)
         self.num_parts = model_config.num_parts
         self.part_size = model_config.part_size
-        self.temperature = nnx.Variable(jnp.float32(0.0))  # Unused; keeps one summary surface.
         latent, ngf = self.num_parts * self.part_size, model_config.ngf
         self.encoder = _resnet.ResNetTrunk(channels, self.scale, rngs=rngs)
         self.reduce = nnx.Conv(self.encoder.out_channels, ngf, (1, 1), use_bias=False, rngs=rngs)
@@ -210,7 +211,8 @@ class GlobalVAE(nnx.Module):
         h = jax.nn.leaky_relu(self.expand_norm(self.expand(z[:, None, None, :])), 0.2)
         return self.decoder(h)
 
-    def __call__(self, images: jax.Array, key: jax.Array):
+    def __call__(self, images: jax.Array, key: jax.Array, step: jax.Array):
+        del step  # No schedule.
         mean, variance = self.posterior(images)
         z = mean + jnp.sqrt(variance) * jax.random.normal(key, mean.shape)
         return self.decode(z), mean, variance, None
@@ -226,9 +228,9 @@ def _normalise(images: jax.Array) -> jax.Array:
     return (images - 0.5) / 0.5
 
 
-def _per_example_terms(model, batch, key) -> dict[str, jax.Array]:
+def _per_example_terms(model, batch, key, step) -> dict[str, jax.Array]:
     images = _normalise(batch["image"])
-    reconstruction, mean, variance, logits = model(images, key)
+    reconstruction, mean, variance, logits = model(images, key, step)
     error = jnp.square(reconstruction - images)
     if model.edge_weighted:
         error = error * edge_weights(images, model.scale)
@@ -245,22 +247,41 @@ def _per_example_terms(model, batch, key) -> dict[str, jax.Array]:
 
 
 def train_loss(model, batch, key, step):
-    if isinstance(model, PatchVAE):
-        model.temperature[...] = temperature(step, *model.schedule)
-    terms = _per_example_terms(model, batch, key)
+    terms = _per_example_terms(model, batch, key, step)
     terms = {name: value.mean() for name, value in terms.items()}
-    terms["temperature"] = model.temperature[...]
+    if isinstance(model, PatchVAE):
+        terms["temperature"] = model.temperature(step)
     return terms["loss"], terms
 
 
-def eval_metrics(model, batch, key):
-    return _per_example_terms(model, batch, key)
+def eval_metrics(model, batch, key, step):
+    return _per_example_terms(model, batch, key, step)
 
 
-def image_summaries(model, batch, key):
+def predict(model, batch, step):
+    """Deterministic codes and reconstructions (images in [0, 1]).
+
+    PatchVAE: `appearance` [B, P, L] (posterior means), `occurrence` [B, h, w, P] (probabilities),
+    `reconstruction` decoded from the means with each part present where its probability exceeds
+    1/2. The VAE: `latent` [B, P·L] (posterior mean) and its `reconstruction`.
+    """
+    del step
+    images = _normalise(batch["image"])
+    if isinstance(model, PatchVAE):
+        mean, _, logits = model.posterior(images)
+        reconstruction = model.decode(mean, (logits > 0).astype(mean.dtype))
+        codes = {"appearance": mean, "occurrence": jax.nn.sigmoid(logits)}
+    else:
+        mean, _ = model.posterior(images)
+        reconstruction = model.decode(mean)
+        codes = {"latent": mean}
+    return {**codes, "reconstruction": (reconstruction + 1) / 2}
+
+
+def image_summaries(model, batch, key, step):
     images = _normalise(batch["image"])
     rows = min(8, images.shape[0])
-    reconstruction, *_ = model(images[:rows], key)
+    reconstruction, *_ = model(images[:rows], key, step)
     pairs = jnp.stack([images[:rows], reconstruction], axis=1)
     grids = {"reconstructions": (pairs + 1) / 2}
     if isinstance(model, PatchVAE):
@@ -275,7 +296,7 @@ def _part_summaries(model: PatchVAE, images: jax.Array) -> dict[str, jax.Array]:
     batch, h, w, parts = probabilities.shape
     rows = min(8, batch)
     maps = jnp.repeat(jnp.repeat(probabilities[:rows], model.scale, 1), model.scale, 2)
-    gray = summaries.to_rgb(images[:rows])[:, None]  # [R, 1, H, W, 3]
+    gray = jnp.repeat(images[:rows], 3 // images.shape[-1], axis=-1)[:, None]  # [R, 1, H, W, 3]
     tint = jnp.stack([maps, jnp.zeros_like(maps), jnp.zeros_like(maps)], -1)  # Red = occurrence.
     overlays = 0.5 * gray + 0.5 * tint.transpose(0, 3, 1, 2, 4)  # [R, P, H, W, 3]
     occurrence = jnp.concatenate([gray, overlays], axis=1)

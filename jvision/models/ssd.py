@@ -34,9 +34,6 @@ from jvision.ops import boxes as box_ops
 
 NUM_DIGITS = 10
 BACKGROUND = NUM_DIGITS  # Class index of "no object".
-GT_COLOR = (0.1, 0.9, 0.1)
-PRED_COLOR = (0.95, 0.15, 0.1)
-SCORE_COLOR = (1.0, 0.85, 0.2)
 
 
 def conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
@@ -301,9 +298,9 @@ def train_loss(model: Detector, batch, key, step):
     return terms["loss"], terms
 
 
-def eval_metrics(model: Detector, batch, key):
+def eval_metrics(model: Detector, batch, key, step):
     """Per-image loss terms (each image treated as its own batch), for a `mean_metrics` eval."""
-    del key
+    del key, step
     offsets, logits = model(batch["image"])
 
     def one(offsets, logits, boxes, labels):
@@ -339,8 +336,11 @@ def detect(
     }
 
 
-def predict(model: Detector, batch):
-    """Detections for a batch: each field of `detect` with a leading batch axis."""
+def predict(model: Detector, batch, step=None):
+    """Detections for a batch of images [B, 32, 32, 1]: each field of `detect` with a leading
+    batch axis. BatchNorm uses its running statistics whatever mode `model` is in."""
+    del step
+    model = nnx.view(model, use_running_average=True)
     offsets, logits = model(batch["image"])
     return jax.vmap(
         functools.partial(
@@ -353,43 +353,23 @@ def predict(model: Detector, batch):
     )(offsets, logits)
 
 
-SUMMARY_SCALE = 4  # Scenes are drawn 4× larger so labels and scores are legible.
-SUMMARY_MIN_SCORE = 0.4  # As the tutorial's figures.
-SUMMARY_MAX_BOXES = 8
-
-
-def image_summaries(model: Detector, batch, key):
-    """Test scenes, ×4: ground truth boxes (green) and detections with score ≥ 0.4 (red), each
-    detection labelled with its digit and its score in percent."""
+def image_summaries(model: Detector, batch, key, step):
+    """Test scenes with their ground truth and detections (drawn by `draw_summaries`)."""
     del key
-    detections = predict(model, batch)
-    images = summaries.to_rgb(batch["image"])
-    images = jnp.repeat(jnp.repeat(images, SUMMARY_SCALE, axis=1), SUMMARY_SCALE, axis=2)
-    size = images.shape[1]
-    shown = detections["valid"] & (detections["scores"] >= SUMMARY_MIN_SCORE)
-    order = jnp.argsort(-jnp.where(shown, detections["scores"], -1.0), axis=1)
-    order = order[:, :SUMMARY_MAX_BOXES]
-    top = {k: jnp.take_along_axis(v, order, axis=1) for k, v in detections.items() if k != "boxes"}
-    top_boxes = jnp.take_along_axis(detections["boxes"], order[..., None], axis=1) * size
-    top_shown = jnp.take_along_axis(shown, order, axis=1)
+    truth = {"true_boxes": batch["boxes"], "true_labels": batch["labels"]}
+    return {"images": batch["image"], **truth, **predict(model, batch, step)}
 
-    for slot in range(batch["boxes"].shape[1]):
-        real = batch["labels"][:, slot] >= 0
-        box = jnp.where(real[:, None], batch["boxes"][:, slot] * size, -10.0)
-        images = summaries.draw_rectangles(images, box, GT_COLOR)
-    for slot in range(SUMMARY_MAX_BOXES):
-        visible = top_shown[:, slot]
-        box = jnp.where(visible[:, None], top_boxes[:, slot], -10.0)
-        images = summaries.draw_rectangles(images, box, PRED_COLOR)
-        row = jnp.round(box[:, 0]).astype(jnp.int32) + 2
-        col = jnp.round(box[:, 1]).astype(jnp.int32) + 2
-        percent = jnp.clip(jnp.floor(top["scores"][:, slot] * 100), 0, 99).astype(jnp.int32)
-        digits = [top["labels"][:, slot], percent // 10, percent % 10]
-        for offset, (digit, color) in enumerate(
-            zip(digits, (PRED_COLOR, SCORE_COLOR, SCORE_COLOR), strict=True)
-        ):
-            digit = jnp.where(visible, digit, -1)
-            images = summaries.draw_digit(
-                images, row, col + 4 * offset + 2 * (offset > 0), digit, color
-            )
-    return {"detections": summaries.as_rows(images, 8)}
+
+SUMMARY_MIN_SCORE = 0.4  # As the tutorial's figures.
+
+
+def draw_summaries(outputs):
+    """Scenes ×4: ground truth boxes (green) and detections with score ≥ 0.4 (red), each labelled
+    with its digit and its score in percent; 8 per row."""
+    pictures = summaries.draw_detections(
+        outputs["images"],
+        outputs,
+        {"boxes": outputs["true_boxes"], "labels": outputs["true_labels"]},
+        min_score=SUMMARY_MIN_SCORE,
+    )
+    return {"detections": summaries.as_rows(pictures, 8)}

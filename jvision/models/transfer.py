@@ -1,22 +1,22 @@
 """Recognition transfer (PatchVAE's protocol): a pretrained encoder, frozen, and an MLP classifier.
 
-The encoder is the ResNet trunk of a PatchVAE or VAE workdir (`model.pretrained_workdir`, its
-latest checkpoint; the trunk's shape comes from that run's config), or a randomly initialised trunk
-of `model.scale` when no workdir is given (the floor). Its first `model.freeze_stages` stages are
-frozen (-1: all); stage 0 is the stem (conv1, bn1; the authors' `--freeze 4` covers conv1, bn1, relu
-and maxpool), stage k the k-th residual layer. BatchNorm scales, offsets and statistics of the
-encoder are always frozen. The head sees the flattened feature map: Dropout(0.5) → Dense 512 → ReLU
-→ Dense classes, initialised N(0, 0.01). Trained with SGD by its config; reports top-1 accuracy.
+The encoder is a ResNet trunk of `model.scale`; the config's `init_from` copies a PatchVAE or VAE
+run's trained `encoder` into it before training (no `init_from`: a randomly initialised trunk,
+the floor). Its first `model.freeze_stages` stages are frozen (-1: all); stage 0 is the stem
+(conv1, bn1; the authors' `--freeze 4` covers conv1, bn1, relu and maxpool), stage k the k-th
+residual layer. BatchNorm scales, offsets and statistics of the encoder are always frozen. The
+head sees the flattened feature map: Dropout(0.5) → Dense 512 → ReLU → Dense classes, initialised
+N(0, 0.01). Trained with SGD by its config; reports top-1 accuracy.
 """
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
-from jvision import checkpoint, summaries
-from jvision.errors import UserError
+from jvision import summaries
 from jvision.models import _resnet
 
 CORRECT_COLOR = (0.1, 0.9, 0.1)
@@ -27,42 +27,12 @@ def _normalise(images: jax.Array) -> jax.Array:
     return (images - 0.5) / 0.5  # As in pretraining.
 
 
-def _pretrained_encoder(workdir: str):
-    """The encoder weights and trunk settings of a pretraining workdir."""
-    try:
-        state, meta = checkpoint.load_state(workdir)
-    except Exception as error:  # No checkpoints there, or unreadable ones.
-        raise UserError(
-            f"cannot read a checkpoint in model.pretrained_workdir {workdir} ({error}); "
-            "pretrain one first, e.g. with configs/patchvae_mnist.py"
-        ) from error
-    pretrained = meta["config"]["model"]
-    if pretrained.get("name") != "patchvae":
-        raise UserError(
-            f"model.pretrained_workdir {workdir} holds a {pretrained.get('name')!r} model; "
-            "transfer needs a patchvae (kind patchvae or vae) run"
-        )
-    return state["0"]["encoder"], pretrained
-
-
 class Classifier(nnx.Module):
     def __init__(self, model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         height, width, channels = model_config.image_shape
-        scale, weights = model_config.scale, None
-        if model_config.pretrained_workdir:
-            weights, pretrained = _pretrained_encoder(model_config.pretrained_workdir)
-            scale = pretrained["scale"]
-            if tuple(pretrained["image_shape"]) != (height, width, channels):
-                raise UserError(
-                    f"the pretrained encoder saw images {tuple(pretrained['image_shape'])}, "
-                    f"this config has {(height, width, channels)}"
-                )
+        scale = model_config.scale
         self.freeze_stages = model_config.freeze_stages
         self.encoder = _resnet.ResNetTrunk(channels, scale, rngs=rngs)
-        if weights is not None:
-            state = nnx.state(self.encoder)
-            nnx.replace_by_pure_dict(state, weights)
-            nnx.update(self.encoder, state)
         # BatchNorm statistics stay those of pretraining (or the initial ones): always eval mode.
         self.encoder.set_attributes(use_running_average=True)
         features = (height // scale) * (width // scale) * self.encoder.out_channels
@@ -121,23 +91,27 @@ def train_loss(model: Classifier, batch, key, step):
     return terms["loss"], terms
 
 
-def eval_metrics(model: Classifier, batch, key):
-    del key
+def eval_metrics(model: Classifier, batch, key, step):
+    del key, step
     return _per_example(model, batch, None)[1]
 
 
-def image_summaries(model: Classifier, batch, key):
-    """Test inputs with the predicted class (first digit of it) drawn, green when right."""
-    del key
+def predict(model: Classifier, batch, step):
+    """Class `logits` [B, classes] and the predicted `label` [B]."""
+    del step
     logits = model(batch["image"], None)
-    predicted = jnp.argmax(logits, -1)
-    images = summaries.to_rgb(batch["image"])
-    right = predicted == batch["label"]
-    digit = predicted % 10
-    top, left = jnp.ones_like(digit), jnp.ones_like(digit)
-    images = jnp.where(
-        right[:, None, None, None],
-        summaries.draw_digit(images, top, left, digit, CORRECT_COLOR),
-        summaries.draw_digit(images, top, left, digit, WRONG_COLOR),
-    )
-    return {"predictions": summaries.as_rows(images, 16)}
+    return {"logits": logits, "label": jnp.argmax(logits, -1)}
+
+
+def image_summaries(model: Classifier, batch, key, step):
+    del key
+    return {"images": batch["image"], "true": batch["label"], **predict(model, batch, step)}
+
+
+def draw_summaries(outputs):
+    """Test inputs with the predicted class drawn in the corner, green when right; 16 per row."""
+    pictures = summaries.to_rgb(outputs["images"]).astype(np.float32)
+    for image, predicted, true in zip(pictures, outputs["label"], outputs["true"], strict=True):
+        color = CORRECT_COLOR if predicted == true else WRONG_COLOR
+        summaries.draw_text(image, 1, 1, str(int(predicted)), color)
+    return {"predictions": summaries.as_rows(pictures, 16)}

@@ -126,15 +126,27 @@ def _per_example_terms(model: VAE, batch, key) -> dict[str, jax.Array]:
 train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
-def image_summaries(model: VAE, batch, key):
+def predict(model: VAE, batch, step):
+    """The posterior (`mean`, `logvar` [B, latent]) and the reconstruction of its mean
+    (`reconstruction` [B, H, W, C], Bernoulli means)."""
+    del step
+    mean, logvar = model.encode(batch["image"])
+    return {"reconstruction": jax.nn.sigmoid(model.decode(mean)), "mean": mean, "logvar": logvar}
+
+
+def image_summaries(model: VAE, batch, key, step):
     """Inputs beside their reconstructions (posterior mean decoded), and prior samples."""
     images = batch["image"]
-    mean, _ = model.encode(images)
-    recon = jax.nn.sigmoid(model.decode(mean))
-    pairs = jnp.stack([images, recon], axis=1).reshape(-1, *images.shape[1:])
+    reconstruction = predict(model, batch, step)["reconstruction"]
     z = jax.random.normal(key, (images.shape[0], model.latent_dim))
     samples = jax.nn.sigmoid(model.decode(z))
+    return {"pairs": jnp.stack([images, reconstruction], axis=1), "samples": samples}
+
+
+def draw_summaries(outputs):
+    """Rows of 8 (input, reconstruction) pairs, and rows of 16 samples."""
+    pairs = outputs["pairs"]
     return {
-        "reconstructions": summaries.as_rows(pairs, 16),
-        "samples": summaries.as_rows(samples, 16),
+        "reconstructions": summaries.as_rows(pairs.reshape(-1, *pairs.shape[2:]), 16),
+        "samples": summaries.as_rows(outputs["samples"], 16),
     }
