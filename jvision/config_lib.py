@@ -104,3 +104,42 @@ def load_config_module(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _parse(text: str, current):
+    """A command-line string as the type of the value it replaces."""
+    import ast
+
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not a boolean")
+        return text.lower() in ("true", "1")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, str):
+        return text
+    try:  # Tuples, lists, numbers, None.
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Sets dotted keys (`{"data.name": "mnist", "eval_batch_size": "100"}`) in place; strings
+    are parsed as the type of the value they replace. Unknown keys and bad values raise
+    `UserError`."""
+    from jvision.errors import UserError
+
+    for key, value in overrides.items():
+        *parents, name = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise UserError(f"unknown config key {key!r}; see the run's config.json")
+        try:
+            node[name] = _parse(value, node[name]) if isinstance(value, str) else value
+        except (TypeError, ValueError) as error:
+            raise UserError(f"bad value {value!r} for config key {key!r}: {error}") from None

@@ -38,3 +38,26 @@ def load_config(name: str, arg: str | None = "tiny"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """`tiny_run(config_name, **overrides)`: the workdir of a finished tiny run of that config,
+    trained once per test session (overrides as dotted keys with `__`: `model__kind="vae"`)."""
+    from jvision import config_lib, train
+
+    finished = {}
+
+    def make(name: str, **overrides):
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in finished:
+            config = load_config(name, "tiny")
+            config_lib.apply_overrides(
+                config, {k.replace("__", "."): v for k, v in overrides.items()}
+            )
+            workdir = tmp_path_factory.mktemp(name)
+            train.train_and_evaluate(config, str(workdir))
+            finished[key] = workdir
+        return finished[key]
+
+    return make

@@ -1,0 +1,145 @@
+"""Evaluate any workdir, from the workdir alone: its config, model, metrics, pictures, predictions.
+
+    run = jvision.evaluate.load("workdirs/vae_mnist")       # or gs://bucket/run; step=N
+    run.config, run.step, run.model                          # the model in eval mode
+    run.evaluate()                                           # == results.json for the final step
+    run.images(n=16)                                         # {name: [rows, h, w, C] uint8}
+    run.predict(images)                                      # e.g. SSD detections
+
+Only the model's variables are read (no optimizer state, no data iterator) and placed on every
+available device, so a TPU pod's workdir opens on a laptop and the reverse. The config is the one
+the checkpoint was written with; `overrides` change what is evaluated (another split, dataset or
+`eval_batch_size`), never the model. The command line is `python -m jvision.evaluate`.
+"""
+
+import dataclasses
+import functools
+import logging
+import math
+from types import ModuleType
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from jvision import checkpoint, config_lib, evaluators, models, sharding, summaries
+from jvision import workdir as workdir_lib
+from jvision.data import pipeline
+from jvision.errors import UserError
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model and everything needed to evaluate it; made by `load`."""
+
+    workdir: epath.Path
+    config: ml_collections.ConfigDict
+    step: int
+    family: ModuleType
+    model: nnx.Module
+    mesh: jax.sharding.Mesh
+
+    @functools.cached_property
+    def _split(self):
+        return nnx.split(self.model)
+
+    def _config(self, split: str | None, eval_batch_size: int | None = None):
+        config = ml_collections.ConfigDict(self.config.to_dict())
+        if split is not None:
+            config.data.eval_split = split
+            for eval_config in config.evals.values():
+                eval_config.split = split
+        if eval_batch_size is not None:
+            config.eval_batch_size = eval_batch_size
+        return config
+
+    def evaluate(self, split: str | None = None) -> dict[str, float]:
+        """The family's evaluations (`config.evals`) of this checkpoint, on their configured
+        splits or all on `split`. For the final step and the training's eval batch size and
+        devices, these are the numbers in `results.json`."""
+        graphdef, state = self._split
+        evals = evaluators.build(self.family, self._config(split), self.mesh)
+        return evaluators.run_all(evals, graphdef, state, self.step)
+
+    def image_grids(self, split: str | None = None, n: int | None = None) -> dict[str, np.ndarray]:
+        """The family's pictures of the first `n` examples of `split` (default: as in training,
+        the eval split's first `num_summary_images`): `{name: [rows, columns, H, W, C]}` floats in
+        [0, 1]. `summaries.image_grid` tiles one as the trainer wrote it to `workdir/images`."""
+        n = n or self.config.num_summary_images
+        batch_size = _round_up(max(n, self.config.eval_batch_size), jax.device_count())
+        config = self._config(split, batch_size)
+        graphdef, state = self._split
+        summarize = summaries.Summarizer(self.family, graphdef, self.mesh, config.seed, n)
+        batch = pipeline.summary_batch(config, config.data.eval_split, self.mesh)
+        return summarize(state, batch, self.step)
+
+    def images(self, split: str | None = None, n: int | None = None) -> dict[str, np.ndarray]:
+        """`image_grids`, each row of a grid as one picture: `{name: [rows, h, w, C]}` uint8."""
+        return {
+            name: summaries.grid_rows(grid) for name, grid in self.image_grids(split, n).items()
+        }
+
+    def predict(self, images) -> dict[str, np.ndarray]:
+        """The family's `predict` for images [N, H, W, C] in [0, 1] (any N), as NumPy arrays."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4:
+            raise UserError(f"predict takes images [N, H, W, C]; got shape {images.shape}")
+        count = len(images)
+        padded = _round_up(count, jax.device_count())
+        batch = pipeline.pad_batch({"image": images}, padded)
+        outputs = self._predict(sharding.global_batch(self.mesh, batch))
+        return jax.tree.map(lambda x: np.asarray(x)[:count], jax.device_get(outputs))
+
+    @functools.cached_property
+    def _predict(self):
+        graphdef, state = self._split
+
+        @functools.partial(jax.jit, out_shardings=sharding.replicated(self.mesh))
+        def predict(state, batch, step):
+            return self.family.predict(models.eval_model(graphdef, state), batch, step)
+
+        return lambda batch: predict(state, batch, np.int32(self.step))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple
+
+
+def load(
+    workdir: str | epath.PathLike, step: int | None = None, overrides: dict | None = None
+) -> Run:
+    """Rebuilds the model of `workdir`'s checkpoint `step` (default: the latest).
+
+    Args:
+      workdir: a run's directory, local or `gs://…`.
+      step: which kept checkpoint.
+      overrides: dotted config keys to change for evaluation, e.g. `{"data.name": "mnist",
+        "eval_batch_size": 100}`; values may be strings (parsed as the key's type).
+    Raises:
+      UserError: no checkpoint, no such step, an unknown model, a bad override.
+    """
+    workdir = workdir_lib.path(workdir)
+    meta = checkpoint.read_meta(workdir, step)
+    config = ml_collections.ConfigDict(meta["config"])
+    overrides = dict(overrides or {})
+    fixed = sorted(k for k in overrides if k == "model" or k.startswith("model."))
+    if fixed:
+        raise UserError(
+            f"{', '.join(fixed)} cannot change at evaluation: the checkpoint fixes the model"
+        )
+    config_lib.apply_overrides(config, overrides)
+    if config.eval_batch_size % jax.device_count():  # Padding rows are masked: same metrics.
+        config.eval_batch_size = _round_up(config.eval_batch_size, jax.device_count())
+        logging.info("eval_batch_size rounded up to %d", config.eval_batch_size)
+    family = models.get(config.model.name)
+
+    mesh = sharding.data_mesh()
+    model = family.build(config.model, nnx.Rngs(config.seed))
+    state = jax.device_put(nnx.state(model), sharding.replicated(mesh))
+    restored, _ = checkpoint.load_model(workdir, meta["step"], target=nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    model.eval()
+    return Run(workdir, config, meta["step"], family, model, mesh)

@@ -1,0 +1,74 @@
+"""Command line: `python -m jvision.evaluate --workdir=DIR [--step=N] [--split=test]
+[--images=DIR] [--config.KEY=VALUE …]`.
+
+Prints `{"step": N, "metrics": {...}}` (the format of `results.json`) as JSON on stdout and, with
+`--images`, writes the family's pictures there as PNGs. `--config.KEY=VALUE` changes what is
+evaluated (e.g. `--config.data.name=mnist --config.eval_batch_size=100`), never the model. Bad
+input ends with one line on stderr and exit status 1.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
+_IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
+
+_OVERRIDES: dict[str, str] = {}
+
+
+def fail(message: str) -> None:
+    print(f"jvision: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flags, except `--config.KEY=VALUE`, which are collected as overrides."""
+    rest = [argv[0]]
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            key, equals, value = arg[len("--config.") :].partition("=")
+            if not equals:
+                fail(f"{arg}: write config overrides as --config.KEY=VALUE")
+            _OVERRIDES[key] = value
+        else:
+            rest.append(arg)
+    try:
+        rest = flags.FLAGS(rest)
+    except flags.Error as error:
+        fail(str(error))
+    if _WORKDIR.value is None:
+        fail("--workdir is required")
+    return rest
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    from jvision import evaluate, summaries
+    from jvision import workdir as workdir_lib
+    from jvision.errors import UserError
+
+    try:
+        run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES)
+        metrics = run.evaluate(_SPLIT.value)
+        if _IMAGES.value:
+            directory = workdir_lib.path(_IMAGES.value)
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, grid in run.image_grids(_SPLIT.value).items():
+                workdir_lib.save_png(directory / f"{name}.png", summaries.image_grid(grid)[0])
+    except UserError as error:
+        fail(str(error))
+    print(json.dumps({"step": run.step, "metrics": metrics}, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

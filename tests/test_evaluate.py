@@ -1,0 +1,142 @@
+"""`jvision.evaluate`: any workdir's metrics, pictures and predictions, from the workdir alone."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from jvision import evaluate, summaries
+from jvision.errors import UserError
+
+FAMILIES = [
+    ("vae_mnist", {}),
+    ("draw_mnist", {}),
+    ("ssd_mnist", {}),
+    ("patchvae_mnist", {}),
+    ("patchvae_mnist", {"model__kind": "vae"}),
+    ("transfer_mnist", {}),
+]
+
+
+@pytest.mark.parametrize("name, overrides", FAMILIES)
+def test_load_reproduces_results_json_and_earlier_steps(tiny_run, name, overrides):
+    workdir = tiny_run(name, **overrides)
+    results = json.loads((workdir / "results.json").read_text())
+    run = evaluate.load(workdir)
+    assert run.step == results["step"] == 4
+    assert run.config.model.name == name.split("_")[0]
+    metrics = run.evaluate()
+    assert metrics.keys() == results["metrics"].keys()
+    for key, value in results["metrics"].items():
+        np.testing.assert_allclose(metrics[key], value, rtol=1e-6, err_msg=key)
+    earlier = evaluate.load(str(workdir), step=2)
+    assert earlier.step == 2 and earlier.evaluate().keys() == metrics.keys()
+    # The pictures are those the trainer saved, byte for byte once tiled.
+    grids = run.image_grids()
+    for name_, grid in grids.items():
+        saved = summaries.image_grid(grid)[0]
+        from PIL import Image
+
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(workdir / "images" / f"{name_}.png")).reshape(saved.shape), saved
+        )
+    rows = run.images(n=3)
+    assert rows.keys() == grids.keys()
+    assert all(r.dtype == np.uint8 and r.ndim == 4 for r in rows.values())
+
+
+def test_predict_takes_any_number_of_images(tiny_run):
+    run = evaluate.load(tiny_run("ssd_mnist"))
+    scenes = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
+    detections = run.predict(scenes)
+    assert set(detections) == {"boxes", "scores", "labels", "valid"}
+    assert detections["boxes"].shape == (3, 10 * 25, 4)
+    np.testing.assert_array_equal(run.predict(scenes[:1])["scores"], detections["scores"][:1])
+    vae = evaluate.load(tiny_run("vae_mnist")).predict(np.zeros((5, 28, 28, 1)))
+    assert vae["reconstruction"].shape == (5, 28, 28, 1) and vae["mean"].shape == (5, 4)
+    with pytest.raises(UserError, match=r"images \[N, H, W, C\]"):
+        evaluate.load(tiny_run("vae_mnist")).predict(np.zeros((28, 28)))
+
+
+def test_data_overrides_evaluate_other_splits_and_batch_sizes(tiny_run):
+    workdir = tiny_run("vae_mnist")
+    run = evaluate.load(workdir, overrides={"eval_batch_size": "24"})
+    assert run.config.eval_batch_size == 24
+    on_train = run.evaluate(split="train[:40]")
+    assert set(on_train) == {"test/nelbo_nats", "test/recon_nats", "test/kl_nats"}
+    # eval_batch_size 12 is not a multiple of 8 devices: rounded up, padding rows masked.
+    assert evaluate.load(workdir, overrides={"eval_batch_size": 12}).config.eval_batch_size == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"step": 3}, "has no checkpoint at step 3; its steps: 2, 4"),
+        ({"overrides": {"model.latent_dim": 3}}, "model.latent_dim cannot change"),
+        ({"overrides": {"no_such_key": 1}}, "unknown config key 'no_such_key'"),
+        ({"overrides": {"eval_batch_size": "many"}}, "bad value 'many'"),
+    ],
+)
+def test_bad_requests_are_user_errors(tiny_run, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        evaluate.load(tiny_run("vae_mnist"), **kwargs)
+
+
+def test_no_checkpoint_and_unknown_model(tmp_path, tiny_run):
+    with pytest.raises(UserError, match="holds no checkpoints"):
+        evaluate.load(tmp_path)
+    # A checkpoint whose config names a model this version does not know.
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run("vae_mnist"), workdir)
+    for meta in (workdir / "checkpoints").glob("*/meta/*"):
+        if meta.is_file() and '"model"' in meta.read_text():
+            meta.write_text(meta.read_text().replace('"name": "vae"', '"name": "vqvae"'))
+    with pytest.raises(UserError, match="unknown model.name 'vqvae'"):
+        evaluate.load(workdir)
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "jvision.evaluate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_prints_results_json_and_writes_the_pictures(tiny_run, tmp_path):
+    workdir = tiny_run("ssd_mnist")
+    result = run_cli(f"--workdir={workdir}", f"--images={tmp_path / 'pictures'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == json.loads((workdir / "results.json").read_text())
+    written = (tmp_path / "pictures" / "detections.png").read_bytes()
+    assert written == (workdir / "images" / "detections.png").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "--workdir is required"),
+        (["--workdir={missing}"], "holds no checkpoints"),
+        (["--workdir={workdir}", "--step=7"], "no checkpoint at step 7"),
+        (["--workdir={workdir}", "--split=validation"], "has no split 'validation'"),
+        (["--workdir={workdir}", "--config.model.latent_dim=2"], "cannot change at evaluation"),
+        (["--workdir={workdir}", "--config.nope=2"], "unknown config key 'nope'"),
+        (["--workdir={workdir}", "--config.seed"], "write config overrides as --config.KEY=VALUE"),
+        (["--workdir={workdir}", "--frobnicate"], "Unknown command line flag 'frobnicate'"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tiny_run, tmp_path, args, message):
+    workdir = tiny_run("vae_mnist")
+    args = [a.format(workdir=workdir, missing=tmp_path / "missing") for a in args]
+    result = run_cli(*args)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("jvision: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stdout == ""
