@@ -4,10 +4,11 @@ import pathlib
 
 from setuptools import find_packages, setup
 
+# requirements.txt pins the library's dependencies, then (after "# Development") the tools.
+text = pathlib.Path(__file__).with_name("requirements.txt").read_text()
+library = text.split("\n# Development")[0]
 requirements = [
-    line.strip()
-    for line in pathlib.Path(__file__).with_name("requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#") and line.split("=")[0] not in ("pytest", "ruff")
+    line.strip() for line in library.splitlines() if line.strip() and not line.startswith("#")
 ]
 
 setup(

@@ -4,6 +4,7 @@
     run.config, run.step, run.model                          # the model in eval mode
     run.evaluate()                                           # == results.json for the final step
     run.images(n=16)                                         # {name: [rows, h, w, C] uint8}
+    run.examples(n=8)                                        # test examples, as evaluated
     run.predict(images)                                      # e.g. SSD detections
 
 Only the model's variables are read (no optimizer state, no data iterator) and placed on every
@@ -80,6 +81,14 @@ class Run:
         return {
             name: summaries.grid_rows(grid) for name, grid in self.image_grids(split, n).items()
         }
+
+    def examples(self, split: str | None = None, n: int = 16) -> dict[str, np.ndarray]:
+        """The first `n` examples of `split` (default: the eval split) as the evaluations see them
+        (decoded, binarized as configured): `{field: [n, ...]}` NumPy arrays."""
+        config = self._config(split, _round_up(n, jax.device_count()))
+        batch = next(iter(pipeline.EvalData(config, config.data.eval_split)))
+        real = batch.pop("mask") > 0
+        return {field: values[real][:n] for field, values in batch.items()}
 
     def predict(self, images) -> dict[str, np.ndarray]:
         """The family's `predict` for images [N, H, W, C] in [0, 1] (any N), as NumPy arrays."""

@@ -1,0 +1,65 @@
+"""The workdir path layer: local and bucket paths through the same `etils.epath` calls."""
+
+import os
+
+import numpy as np
+import pytest
+
+from jvision import workdir
+
+
+@pytest.fixture
+def fake_bucket(tmp_path, monkeypatch):
+    """`gs://…` paths served from a local directory by epath's own mocking hook (no network)."""
+    from etils.epath import backend, gpath, testing
+
+    root = tmp_path / "bucket_root"
+
+    def local(path):
+        path = os.fspath(path)
+        return str(root / path.removeprefix("gs://")) if path.startswith("gs://") else path
+
+    def redirect(name):
+        def call(original, path, *args, **kwargs):
+            del original
+            args = [local(a) if isinstance(a, (str, os.PathLike)) else a for a in args]
+            return getattr(backend.os_backend, name)(local(path), *args, **kwargs)
+
+        return call
+
+    names = ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename")
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # Else TF's GCS client.
+    with testing.mock_epath(**{name: redirect(name) for name in names + ("replace", "stat")}):
+        yield root
+
+
+def test_local_paths_are_made_absolute_and_bucket_paths_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(workdir.path("runs/a")) == str(tmp_path / "runs" / "a")
+    assert str(workdir.path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
+    assert str(workdir.path("gs://bucket/runs/a") / workdir.RESULTS_FILE) == (
+        "gs://bucket/runs/a/results.json"
+    )
+    assert workdir.is_uri("gs://b/x") and not workdir.is_uri("/tmp/x")
+
+
+def test_json_and_pictures_round_trip_through_a_bucket_path(fake_bucket):
+    run = workdir.path("gs://bucket/run")
+    run.mkdir(parents=True, exist_ok=True)
+    workdir.write_json(run / workdir.RESULTS_FILE, {"step": 4, "metrics": {"test/x": 1.5}})
+    assert workdir.read_json(run / workdir.RESULTS_FILE) == {"step": 4, "metrics": {"test/x": 1.5}}
+    picture = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    workdir.save_png(run / "picture.png", picture)
+    from PIL import Image
+
+    on_disk = fake_bucket / "bucket" / "run"
+    np.testing.assert_array_equal(np.asarray(Image.open(on_disk / "picture.png")), picture)
+    assert sorted(os.listdir(on_disk)) == ["picture.png", "results.json"]  # No temporary left.
+
+
+def test_json_writes_replace_the_file_whole(tmp_path):
+    target = workdir.path(tmp_path) / "config.json"
+    workdir.write_json(target, {"a": 1})
+    workdir.write_json(target, {"b": [1, 2]})
+    assert workdir.read_json(target) == {"b": [1, 2]}
+    assert os.listdir(tmp_path) == ["config.json"]
