@@ -27,12 +27,12 @@ def main(argv):
     del argv
     config = _CONFIG.value
     family = models.get(config.model.name)
-    mesh = sharding.data_mesh()
+    mesh = sharding.make_mesh(config.mesh)
     data, _ = pipeline.train_data(config)
     batch = sharding.global_batch(mesh, next(data))
-    graphdefs, state = train.create_state(config, family, mesh)
+    layout, state = train.create_state(config, family, mesh)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-    step_fn, metrics_class = train.make_train_step(config, family, graphdefs, state, mesh, spec)
+    step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, spec)
     metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
 
     start = time.perf_counter()

@@ -53,7 +53,12 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=True
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=True,
+                # A save cut short (kill -9, a second Ctrl-C) leaves a temporary directory,
+                # never a step; it is removed when the workdir is next opened.
+                cleanup_tmp_directories=True,
             ),
         )
 
@@ -116,6 +121,10 @@ class Checkpoints:
             nnx.replace_by_pure_dict(state[name], restored[name])
         logging.info("restored %s", where)
         return state, step
+
+    def wait(self) -> None:
+        """Blocks until the save in flight (if any) is complete."""
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

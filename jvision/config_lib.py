@@ -33,6 +33,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.profile_steps = 0
     config.profile_first_step = 10
 
+    # Devices: a `data` × `fsdp` mesh (see jvision/sharding.py). fsdp > 1 shards every state array
+    # of at least `fsdp_min_size` elements over that axis; data = -1 takes the other devices.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.fsdp_min_size = 2**14
+
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-3

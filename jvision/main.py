@@ -1,7 +1,10 @@
 """Command line: `python -m jvision.main --config=configs/vae_mnist.py --workdir=DIR`.
 
 `--config.KEY=VALUE` overrides any config key; `--config=FILE:tiny` selects a config's tiny variant.
-Bad input ends with one line on stderr and exit status 1. The work is in `jvision.train`.
+Bad input ends with one line on stderr and exit status 1; a run stopped by SIGTERM or Ctrl-C saves
+a checkpoint, says so in one line and exits with status 75 (rerun to resume). Several processes:
+`--distributed` (Cloud TPU, Slurm, GKE) or the three flags `--coordinator_address`,
+`--num_processes`, `--process_id`. The work is in `jvision.train`.
 """
 
 import os
@@ -16,8 +19,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     os.environ.get("JVISION_DISTRIBUTED") == "1",
-    "Call jax.distributed.initialize() (multi-host TPU/Slurm); default from JVISION_DISTRIBUTED.",
+    "Run as one of several processes: jax.distributed.initialize() detects Cloud TPU, Slurm and "
+    "GKE by itself; default from JVISION_DISTRIBUTED=1.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (elsewhere than TPU/Slurm/GKE)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 first.")
 
 
 def fail(message: str) -> None:
@@ -53,16 +62,24 @@ def main(argv: list[str]) -> None:
     tf.config.set_visible_devices([], "GPU")
     import jax
 
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if any(value is not None for value in explicit):
+        if any(value is None for value in explicit):
+            fail("--coordinator_address, --num_processes and --process_id go together")
+        jax.distributed.initialize(*explicit)
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()  # Cloud TPU, Slurm, GKE: found from the environment.
 
-    from jvision import train
+    from jvision import preemption, train
     from jvision.errors import UserError
 
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UserError as error:
         fail(str(error))
+    except preemption.Stopped as stopped:
+        print(f"jvision: {stopped}", file=sys.stderr)
+        sys.exit(preemption.EXIT_STATUS)
 
 
 if __name__ == "__main__":

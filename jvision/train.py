@@ -1,4 +1,4 @@
-"""The one trainer: any model family, any number of devices, resumable, logged.
+"""The one trainer: any model family, any number of devices and processes, resumable, logged.
 
     metrics = train_and_evaluate(config, workdir)
 
@@ -6,9 +6,12 @@ Read top to bottom: checks → mesh → data → model and optimizer → steps �
 from another run) → loop → final evaluation. The trainer knows model families only through
 `jvision.models` and evaluations only through `jvision.evaluators`.
 
-The training state is named: `{"model": the model's variables, "opt": the optimizer's state}`.
+The training state is named: `{"model": the model's variables, "opt": the optimizer's state}`,
+created directly in its shardings (`jvision.sharding`). SIGTERM/SIGINT stop the loop at a step
+boundary after a checkpoint (`jvision.preemption`).
 """
 
+import dataclasses
 import logging
 import math
 
@@ -20,7 +23,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from jvision import checkpoint, evaluators, models, optim, sharding, summaries
+from jvision import checkpoint, evaluators, models, optim, preemption, sharding, summaries
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -47,39 +50,63 @@ def _check_finite(values: dict[str, float], step: int, ckpts: checkpoint.Checkpo
         )
 
 
-def create_state(config: ml_collections.ConfigDict, family, mesh) -> tuple[dict, dict]:
-    """Builds the model and its optimizer.
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """What the training state `{"model", "opt"}` is made of, without its values: the graphdefs,
+    the shapes and dtypes, and the shardings of its arrays (each a dict keyed `model`, `opt`)."""
 
-    Returns `(graphdefs, state)`, each a dict with keys `model` and `opt`; the state is
-    replicated over the mesh.
-    """
-    model = family.build(config.model, nnx.Rngs(config.seed))
-    # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
-    trainable = family.trainable(model) if hasattr(family, "trainable") else nnx.Param
-    optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=trainable)
+    graphdefs: dict
+    shapes: dict
+    shardings: dict
+
+
+def create_state(config: ml_collections.ConfigDict, family, mesh) -> tuple[StateLayout, dict]:
+    """Builds the model and its optimizer, directly in their shardings (`jvision.sharding`)."""
+
+    def build():
+        model = family.build(config.model, nnx.Rngs(config.seed))
+        # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
+        trainable = family.trainable(model) if hasattr(family, "trainable") else nnx.Param
+        optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=trainable)
+        return {"model": model, "opt": optimizer}
+
+    abstract = nnx.eval_shape(build)
+    shapes = {name: nnx.state(node) for name, node in abstract.items()}
+    layout = StateLayout(
+        graphdefs={name: nnx.graphdef(node) for name, node in abstract.items()},
+        shapes=shapes,
+        shardings=sharding.state_shardings(mesh, shapes, config.mesh.fsdp_min_size),
+    )
+    state = jax.jit(
+        lambda: {name: nnx.state(node) for name, node in build().items()},
+        out_shardings=layout.shardings,
+    )()
     logging.info(
         "parameters:\n%s",
-        parameter_overview.get_parameter_overview(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+        parameter_overview.get_parameter_overview(
+            nnx.to_pure_dict(nnx.state(abstract["model"], nnx.Param)), include_stats=False
+        ),
     )
-    graphdefs, state = {}, {}
-    for name, node in (("model", model), ("opt", optimizer)):
-        graphdefs[name], state[name] = nnx.split(node)
-    return graphdefs, jax.device_put(state, sharding.replicated(mesh))
+    return layout, state
 
 
-def make_train_step(config: ml_collections.ConfigDict, family, graphdefs, state, mesh, batch_spec):
+def make_train_step(
+    config: ml_collections.ConfigDict, family, layout: StateLayout, mesh, batch_spec
+):
     """Returns the jitted `(state, metrics, batch, step) -> (state, metrics)` and its metrics class.
 
-    `state` and `metrics` are donated; the batch is split over the `data` axis. Randomness comes
-    from `fold_in(key(seed), step)`, so a resumed run takes exactly the steps of an unbroken one.
+    `state` and `metrics` are donated; the batch is split over the mesh and the state keeps its
+    shardings. Randomness comes from `fold_in(key(seed), step)`, so a resumed run takes exactly
+    the steps of an unbroken one.
     """
     base_key = jax.random.key(config.seed)
+    graphdefs = layout.graphdefs
 
     def loss_and_terms(model_state, batch, key):
         model = nnx.merge(graphdefs["model"], model_state)
         return family.train_loss(model, batch, key, jnp.int32(0))
 
-    _, term_shapes = jax.eval_shape(loss_and_terms, state["model"], batch_spec, base_key)
+    _, term_shapes = jax.eval_shape(loss_and_terms, layout.shapes["model"], batch_spec, base_key)
     metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes]))
 
     def train_step(state, metrics, batch, step):
@@ -96,8 +123,8 @@ def make_train_step(config: ml_collections.ConfigDict, family, graphdefs, state,
     replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     jitted = jax.jit(
         train_step,
-        in_shardings=(replicated, replicated, batch_sharded, replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(layout.shardings, replicated, batch_sharded, replicated),
+        out_shardings=(layout.shardings, replicated),
         donate_argnums=(0, 1),
     )
     return jitted, metrics_class
@@ -107,6 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
     Returns the final evaluation's metrics, which are also written to `workdir/results.json`.
+    Raises `preemption.Stopped` after saving a checkpoint when SIGTERM or SIGINT stop the run.
     """
     # ----------------------------------------------------------------------- checks & outputs
     family = models.get(config.model.name)
@@ -117,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"use a multiple of {jax.device_count()}"
             )
     workdir = workdir_lib.path(workdir)
-    is_chief = jax.process_index() == 0
+    is_chief = jax.process_index() == 0  # Only process 0 writes files other than checkpoints.
     if is_chief:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
@@ -126,24 +154,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
     # ----------------------------------------------------------------------- mesh & data
-    mesh = sharding.data_mesh()
-    logging.info("mesh: %d devices over %d processes", jax.device_count(), jax.process_count())
+    mesh = sharding.make_mesh(config.mesh)
+    logging.info(
+        "mesh %s: %d devices over %d processes",
+        dict(mesh.shape),
+        jax.device_count(),
+        jax.process_count(),
+    )
     train_data, train_batch_spec = pipeline.train_data(config)
     evals = evaluators.build(family, config, mesh)
     summary_batch = pipeline.summary_batch(config, config.data.eval_split, mesh)
 
     # ----------------------------------------------------------------------- model & step
-    graphdefs, state = create_state(config, family, mesh)
-    train_step, TrainMetrics = make_train_step(
-        config, family, graphdefs, state, mesh, train_batch_spec
-    )
+    layout, state = create_state(config, family, mesh)
+    train_step, TrainMetrics = make_train_step(config, family, layout, mesh, train_batch_spec)
+    model_graphdef = layout.graphdefs["model"]
     summarize = summaries.Summarizer(
-        family, graphdefs["model"], mesh, config.seed, config.num_summary_images
+        family, model_graphdef, mesh, config.seed, config.num_summary_images
     )
     replicated = sharding.replicated(mesh)
 
     def evaluate(step: int, final: bool = False) -> dict[str, float]:
-        results = evaluators.run_all(evals, graphdefs["model"], state["model"], step)
+        results = evaluators.run_all(evals, model_graphdef, state["model"], step)
         writer.write_scalars(step, results)
         pictures = {
             name: summaries.image_grid(grid)
@@ -169,49 +201,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.init_from.workdir:
             checkpoint.initialise_from(state["model"], config.init_from, config.model)
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)})
+    saved_step = step if restored is not None else None
 
     # ----------------------------------------------------------------------- train loop
+    total = config.total_steps
     try:
-        hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)]
-        if config.profile_steps:
-            hooks.append(
-                periodic_actions.Profile(
-                    logdir=str(workdir),
-                    num_profile_steps=config.profile_steps,
-                    profile_duration_ms=None,  # The window is `profile_steps` long, however fast.
-                    first_profile=config.profile_first_step,
-                    every_secs=None,
+        with preemption.StopRequests() as stop:
+            hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
+            if config.profile_steps and is_chief:
+                hooks.append(
+                    periodic_actions.Profile(
+                        logdir=str(workdir),
+                        num_profile_steps=config.profile_steps,
+                        profile_duration_ms=None,  # `profile_steps` long, however fast.
+                        first_profile=config.profile_first_step,
+                        every_secs=None,
+                    )
                 )
-            )
-        metrics = jax.device_put(TrainMetrics.empty(), replicated)
-        total = config.total_steps
-        while step < total:
-            batch = sharding.global_batch(mesh, next(train_data))
-            state, metrics = train_step(state, metrics, batch, jnp.int32(step))
-            step += 1
-            for hook in hooks:
-                hook(step)
-            log, save = (
-                itstime(step, config.log_every_steps, total),
-                itstime(step, config.ckpt_every_steps, total),
-            )
-            if log or save:  # Never save a non-finite state.
-                values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
-                _check_finite(values, step, ckpts)
-                if log:
-                    writer.write_scalars(step, values)
-                    metrics = jax.device_put(TrainMetrics.empty(), replicated)
-            if save:
-                ckpts.save(step, state, train_data, config)
-            if step < total and itstime(step, config.eval_every_steps, total):
-                evaluate(step)
+            metrics = jax.device_put(TrainMetrics.empty(), replicated)
+            while True:
+                if stop.should_stop(step):  # Every process asks at every step.
+                    if saved_step != step:
+                        ckpts.save(step, state, train_data, config)
+                    ckpts.wait()
+                    raise preemption.Stopped(step, stop.signal_name, str(ckpts.directory))
+                if step >= total:
+                    break
+                batch = sharding.global_batch(mesh, next(train_data))
+                state, metrics = train_step(state, metrics, batch, jnp.int32(step))
+                step += 1
+                for hook in hooks:
+                    hook(step)
+                log = itstime(step, config.log_every_steps, total)
+                save = itstime(step, config.ckpt_every_steps, total)
+                if log or save:  # Never save a non-finite state.
+                    values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
+                    _check_finite(values, step, ckpts)
+                    if log:
+                        writer.write_scalars(step, values)
+                        metrics = jax.device_put(TrainMetrics.empty(), replicated)
+                if save:
+                    ckpts.save(step, state, train_data, config)
+                    saved_step = step
+                if step < total and itstime(step, config.eval_every_steps, total):
+                    evaluate(step)
 
-        # ------------------------------------------------------------------- final evaluation
-        results = evaluate(step, final=True)
-        if is_chief:
-            workdir_lib.write_json(
-                workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
-            )
+            # --------------------------------------------------------------- final evaluation
+            results = evaluate(step, final=True)
+            if is_chief:
+                workdir_lib.write_json(
+                    workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
+                )
     finally:  # Also on errors: finish the checkpoint being written and flush the logs.
         ckpts.close()
         writer.close()

@@ -1,10 +1,16 @@
 """Grain input pipelines over TFDS sources: shuffled infinite training batches, padded eval batches.
 
-Batches are dicts of NumPy arrays holding this process's share of the global batch:
-`image` float32 [B, H, W, C] in [0, 1] (binarized to {0, 1} when `data.binarize` asks for it),
-other fields as stored, 64-bit integers as int32 (`label` [B] for classification datasets,
-`boxes` [B, 4, 4] and `labels` [B, 4] for detection); eval batches add `mask` float32 [B] (0 marks
-padding).
+Every process computes the same *global* batches of example indices (the whole split shuffled
+with the config's seed, cut into `batch_size` rows), and reads and decodes only its own block of
+rows: process p of n takes rows [p·B/n, (p+1)·B/n). The mesh's batch sharding puts those rows on
+that process's devices, so the global batch is the one a single process would have built, and a
+run gives the same batches on any number of processes. Random transforms draw for the whole
+global batch from a seed shared by all processes and keep their rows.
+
+Batches are dicts of NumPy arrays holding this process's rows: `image` float32 [B, H, W, C] in
+[0, 1] (binarized to {0, 1} when `data.binarize` asks for it), other fields as stored, 64-bit
+integers as int32 (`label` [B] for classification datasets, `boxes` [B, 4, 4] and `labels` [B, 4]
+for detection); eval batches add `mask` float32 [B] (0 marks padding).
 """
 
 import logging
@@ -41,12 +47,30 @@ class Decode(grain.transforms.Map):
         return decoded
 
 
-class Binarize(grain.transforms.RandomMap):
-    """Dynamic binarization: each pixel is 1 with probability equal to its intensity."""
+class ProcessRows:
+    """Which rows of a global batch this process holds: `rows` of `global_size`."""
 
-    def random_map(self, example, rng: np.random.Generator):
-        image = example["image"]
-        return {**example, "image": (rng.random(image.shape) < image).astype(np.float32)}
+    def __init__(self, global_size: int):
+        local = global_size // jax.process_count()
+        self.global_size = global_size
+        self.rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+    def draws(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform draws for the whole global batch (`shape` per row); this process's rows."""
+        return rng.random((self.global_size, *shape))[self.rows]
+
+
+class Binarize(grain.transforms.RandomMap):
+    """Dynamic binarization: each pixel is 1 with probability equal to its intensity. Works on
+    this process's rows of a global batch."""
+
+    def __init__(self, rows: ProcessRows):
+        self.rows = rows
+
+    def random_map(self, batch, rng: np.random.Generator):
+        image = batch["image"]
+        draws = self.rows.draws(rng, image.shape[1:])
+        return {**batch, "image": (draws < image).astype(np.float32)}
 
 
 class ResizeCrop(grain.transforms.Map):
@@ -74,56 +98,81 @@ class ResizeCrop(grain.transforms.Map):
 
 
 class RandomFlip(grain.transforms.RandomMap):
-    """Mirrors each image of a batch left-right with probability 1/2."""
+    """Mirrors each image of a batch left-right with probability 1/2. Works on this process's
+    rows of a global batch."""
+
+    def __init__(self, rows: ProcessRows):
+        self.rows = rows
 
     def random_map(self, batch, rng: np.random.Generator):
-        flip = rng.random(len(batch["image"])) < 0.5
+        flip = self.rows.draws(rng, ()) < 0.5
         images = np.where(flip[:, None, None, None], batch["image"][:, :, ::-1], batch["image"])
         return {**batch, "image": images}
 
 
-def _local_batch_size(global_batch_size: int, name: str) -> int:
-    processes = jax.process_count()
+def read(source, indices, resize: "ResizeCrop | None") -> dict[str, np.ndarray]:
+    """The examples at `indices` of a random-access source, stacked into a batch."""
+    indices = [int(i) for i in indices]
+    examples = (
+        source.__getitems__(indices)
+        if hasattr(source, "__getitems__")
+        else [source[i] for i in indices]
+    )
+    if resize:
+        examples = [resize.map(example) for example in examples]
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+class ReadRows(grain.transforms.Map):
+    """A global batch of example indices -> this process's rows of it, read and stacked."""
+
+    def __init__(self, source, rows: ProcessRows, resize: "ResizeCrop | None"):
+        self.source, self.rows, self.resize = source, rows, resize
+
+    def map(self, indices):
+        return read(self.source, indices[self.rows.rows], self.resize)
+
+
+def _check_batch_size(global_batch_size: int, name: str) -> None:
     if global_batch_size % jax.device_count():
         raise UserError(
             f"{name} {global_batch_size} is not divisible by {jax.device_count()} devices; "
             f"use a multiple of {jax.device_count()}"
         )
-    return global_batch_size // processes
 
 
-def _examples(data: ml_collections.ConfigDict, split: str) -> tuple[grain.MapDataset, int]:
-    """This process's share of `split` (undecoded) and the size of the whole split."""
+def _source(data: ml_collections.ConfigDict, split: str):
+    """A random-access source of `split` (undecoded examples): in memory when the split has at
+    most `data.cache_max_examples` examples (TFDS's reader costs ~140 µs per example, which
+    would compete with the train step for the CPU)."""
     if data.binarize not in BINARIZE_MODES:
         raise UserError(f"data.binarize={data.binarize!r}; use one of {BINARIZE_MODES}")
     source = sources.open_source(data.name, split, data.data_dir)
-    ds = grain.MapDataset.source(source)
-    ds = ds[jax.process_index() :: jax.process_count()]
-    if len(ds) <= data.cache_max_examples:
-        ds = grain.MapDataset.source([ds[i] for i in range(len(ds))])
-    return ds, len(source)
+    if len(source) <= data.cache_max_examples:
+        source = [source[i] for i in range(len(source))]
+    return source
 
 
 def train_data(config: ml_collections.ConfigDict):
-    """An infinite, checkpointable iterator of training batches, reshuffled every epoch unless
-    `data.shuffle` is False (then every epoch has the stored order), and the shapes and dtypes of
-    its global batches (`{field: jax.ShapeDtypeStruct}`)."""
+    """An infinite, checkpointable iterator of this process's rows of the training batches
+    (reshuffled every epoch unless `data.shuffle` is False: then every epoch has the stored
+    order), and the shapes and dtypes of the global batches (`{field: jax.ShapeDtypeStruct}`)."""
     data = config.data
-    local_batch = _local_batch_size(config.batch_size, "batch_size")
-    ds, size = _examples(data, data.train_split)
-    logging.info("train data: %s[%s], %d examples", data.name, data.train_split, size)
+    _check_batch_size(config.batch_size, "batch_size")
+    source = _source(data, data.train_split)
+    logging.info("train data: %s[%s], %d examples", data.name, data.train_split, len(source))
+    rows = ProcessRows(config.batch_size)
+    indices = grain.MapDataset.range(len(source))
     if data.shuffle:
-        ds = ds.shuffle(seed=config.seed)
-    ds = ds.repeat(None)
-    if data.image_size:
-        ds = ds.map(ResizeCrop(data.image_size))
-    # Per-example work runs on whole batches: Grain's per-element overhead dominates at MNIST size.
-    ds = ds.batch(local_batch, drop_remainder=True)
+        indices = indices.shuffle(seed=config.seed)
+    indices = indices.repeat(None).batch(config.batch_size, drop_remainder=True)
+    resize = ResizeCrop(data.image_size) if data.image_size else None
+    ds = indices.map(ReadRows(source, rows, resize))
     ds = ds.map(Decode(sources.spec(data.name).pixel_max))
     if data.binarize == "dynamic":
-        ds = ds.random_map(Binarize(), seed=config.seed + 1)
+        ds = ds.random_map(Binarize(rows), seed=config.seed + 1)
     if data.random_flip:
-        ds = ds.random_map(RandomFlip(), seed=config.seed + 2)
+        ds = ds.random_map(RandomFlip(rows), seed=config.seed + 2)
     spec = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]), x.dtype), ds[0]
     )
@@ -136,36 +185,44 @@ def train_data(config: ml_collections.ConfigDict):
 
 
 class EvalData:
-    """The whole eval split in fixed-size batches; the last ones padded and masked.
+    """The whole eval split in global batches of `eval_batch_size`; the last ones padded and
+    masked, so every example counts exactly once over all processes.
 
-    Every process yields the same number of batches, as the sharded eval step requires.
+    Every process yields the same number of batches (its rows of each global batch), as the
+    sharded eval step requires.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, split: str):
         data = config.data
-        self.local_batch = _local_batch_size(config.eval_batch_size, "eval_batch_size")
-        ds, self.size = _examples(data, split)
+        _check_batch_size(config.eval_batch_size, "eval_batch_size")
+        self.source = _source(data, split)
+        self.size = len(self.source)
         logging.info("eval data: %s[%s], %d examples", data.name, split, self.size)
-        self.dataset = ds.map(ResizeCrop(data.image_size)) if data.image_size else ds
+        self.rows = ProcessRows(config.eval_batch_size)
+        self.resize = ResizeCrop(data.image_size) if data.image_size else None
         self.decode = Decode(sources.spec(data.name).pixel_max)
-        self.binarize = Binarize() if data.binarize == "dynamic" else None
-        largest_share = math.ceil(self.size / jax.process_count())
-        self.num_batches = math.ceil(largest_share / self.local_batch)
+        self.binarize = data.binarize == "dynamic"
+        self.num_batches = math.ceil(self.size / config.eval_batch_size)
 
     def __iter__(self):
-        batches = iter(self.dataset.batch(self.local_batch, drop_remainder=False))
+        global_size, local_size = self.rows.global_size, self.rows.rows.stop - self.rows.rows.start
         rng = np.random.default_rng(EVAL_BINARIZE_SEED)
-        for _ in range(self.num_batches):
-            batch = next(batches, None)
-            batch = self.decode.map(batch if batch is not None else self._empty())
-            if self.binarize:
-                batch = self.binarize.random_map(batch, rng)
-            yield pad_batch(batch, self.local_batch)
+        for index in range(self.num_batches):
+            start = index * global_size
+            real = min(global_size, self.size - start)  # Rows of this global batch that exist.
+            mine = range(start + self.rows.rows.start, start + min(self.rows.rows.stop, real))
+            batch = self.decode.map(self._read(mine))
+            if self.binarize:  # Draws for the real rows of the global batch, as one process.
+                draws = rng.random((real, *batch["image"].shape[1:]))
+                mine_draws = draws[self.rows.rows.start : self.rows.rows.start + len(mine)]
+                batch["image"] = (mine_draws < batch["image"]).astype(np.float32)
+            yield pad_batch(batch, local_size)
 
-    def _empty(self):
-        return jax.tree.map(
-            lambda x: np.zeros((0, *np.shape(x)), np.asarray(x).dtype), self.dataset[0]
-        )
+    def _read(self, indices: range) -> dict[str, np.ndarray]:
+        if len(indices):
+            return read(self.source, indices, self.resize)
+        empty = read(self.source, [0], self.resize)
+        return jax.tree.map(lambda x: x[:0], empty)
 
 
 def summary_batch(config: ml_collections.ConfigDict, split: str, mesh) -> dict[str, jax.Array]:

@@ -71,6 +71,20 @@ def own_builder(path: str, directory: str) -> tfds.core.DatasetBuilder:
     return builder_class(data_dir=directory, file_format="array_record", config=config or None)
 
 
+def _prepare_once(path: str, directory: str) -> tfds.core.DatasetBuilder:
+    """Prepares one of jvision's datasets; when several processes start at once (a multi-process
+    run on one host), one prepares it and the others wait on a file lock, then find it ready."""
+    import fcntl
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".jvision_prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = own_builder(path, directory)  # Prepared meanwhile by another process?
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+    return builder
+
+
 def open_source(name: str, split: str, configured_dir: str | None = None):
     """Returns a TFDS data source (len + random access) for `split` of dataset `name`."""
     dataset = spec(name)
@@ -82,7 +96,7 @@ def open_source(name: str, split: str, configured_dir: str | None = None):
     if dataset.builder:
         builder = own_builder(dataset.builder, directory)
         if not builder.is_prepared():
-            builder.download_and_prepare()
+            builder = _prepare_once(dataset.builder, directory)
         return builder.as_data_source(split=split)
     try:
         return tfds.data_source(dataset.tfds_name, split=split, data_dir=directory, download=False)

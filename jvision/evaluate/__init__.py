@@ -144,7 +144,7 @@ def load(
         logging.info("eval_batch_size rounded up to %d", config.eval_batch_size)
     family = models.get(config.model.name)
 
-    mesh = sharding.data_mesh()
+    mesh = sharding.make_mesh()  # Data-parallel over this machine's devices.
     model = family.build(config.model, nnx.Rngs(config.seed))
     state = jax.device_put(nnx.state(model), sharding.replicated(mesh))
     restored, _ = checkpoint.load_model(workdir, meta["step"], target=nnx.to_pure_dict(state))

@@ -33,13 +33,8 @@ class Evaluator:
 
     def run(self, graphdef, model_state, step: int) -> dict[str, float]:
         if graphdef not in self._steps:
-            self._steps[graphdef] = jax.jit(
+            self._steps[graphdef] = jax.jit(  # Inputs keep their shardings (state: as trained).
                 lambda *args: self._predict(graphdef, *args),
-                in_shardings=(
-                    sharding.replicated(self.mesh),
-                    sharding.batch_sharded(self.mesh),
-                    None,
-                ),
                 out_shardings=sharding.replicated(self.mesh),
             )
         predict = self._steps[graphdef]

@@ -1,0 +1,86 @@
+"""Stopping a run early without losing work: SIGTERM (preemption) and SIGINT (Ctrl-C).
+
+Cloud TPU maintenance, GKE and Slurm (`--signal=TERM@120`) announce a stop with SIGTERM. On the
+first SIGTERM or SIGINT the trainer finishes what it is doing (a step, a save, an evaluation),
+saves a checkpoint at the current step and raises `Stopped`; `jvision.main` prints one line and
+exits with `EXIT_STATUS` (75, sysexits' EX_TEMPFAIL: "try again"), which tells a supervisor to
+requeue. Rerunning the command resumes exactly. A second Ctrl-C exits at once (status 130); the
+workdir then resumes from its last complete checkpoint.
+
+With several processes (`jax.distributed`) they must stop at the same step. JAX's preemption
+service (on by default) catches SIGTERM, tells every process, and makes
+`multihost_utils.reached_preemption_sync_point(step)` true on all of them at the same step; a
+SIGINT is forwarded to it as a SIGTERM. With one process a signal flag does the same.
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+EXIT_STATUS = 75
+INTERRUPTED_STATUS = 130
+
+
+class Stopped(Exception):
+    """The run stopped early at `step` after saving a checkpoint there (`signal_name`)."""
+
+    def __init__(self, step: int, signal_name: str, directory: str):
+        self.step = step
+        self.signal_name = signal_name
+        super().__init__(
+            f"stopped by {signal_name} at step {step}; saved a checkpoint in {directory}, rerun "
+            "the same command to resume"
+        )
+
+
+def _distributed() -> bool:
+    return jax.distributed.is_initialized()
+
+
+class StopRequests:
+    """Turns SIGTERM/SIGINT into a request checked once per step (a context manager)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Handlers can only be set there; a library caller keeps its own.
+        # Under jax.distributed, SIGTERM belongs to JAX's preemption service.
+        signals = (signal.SIGINT,) if _distributed() else (signal.SIGINT, signal.SIGTERM)
+        for number in signals:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame) -> None:
+        del frame
+        name = signal.Signals(number).name
+        if self.signal_name is not None and number == signal.SIGINT:
+            message = "jvision: interrupted; the workdir resumes from its last checkpoint"
+            print(message, file=sys.stderr)
+            os._exit(INTERRUPTED_STATUS)
+        self.signal_name = self.signal_name or name
+        logging.warning("%s: stopping after the current step, with a checkpoint", name)
+        if _distributed() and number == signal.SIGINT:
+            os.kill(os.getpid(), signal.SIGTERM)  # Let JAX's service agree on the step.
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to save and stop now, after `step` steps. Under jax.distributed every process
+        must call this at every step (the same steps), and all get the same answer."""
+        if _distributed():
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal_name = self.signal_name or "SIGTERM"
+                return True
+            return False
+        return self.signal_name is not None
