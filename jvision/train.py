@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
 from clu import metrics as clu_metrics
+from clu import parameter_overview
 from flax import nnx
 
-from jvision import checkpoint, evaluators, models, optim, preemption, sharding, summaries
+from jvision import checkpoint, evaluators, models, optim, preemption, sharding, summaries, writers
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -149,9 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_chief:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-    writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=not is_chief, asynchronous=True
-    )
+    writer = writers.create(str(workdir), is_chief)
 
     # ----------------------------------------------------------------------- mesh & data
     mesh = sharding.make_mesh(config.mesh)
@@ -207,17 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total = config.total_steps
     try:
         with preemption.StopRequests() as stop:
-            hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
-            if config.profile_steps and is_chief:
-                hooks.append(
-                    periodic_actions.Profile(
-                        logdir=str(workdir),
-                        num_profile_steps=config.profile_steps,
-                        profile_duration_ms=None,  # `profile_steps` long, however fast.
-                        first_profile=config.profile_first_step,
-                        every_secs=None,
-                    )
-                )
+            hooks = writers.hooks(config, str(workdir), writer, is_chief)
             metrics = jax.device_put(TrainMetrics.empty(), replicated)
             while True:
                 if stop.should_stop(step):  # Every process asks at every step.

@@ -140,7 +140,8 @@ def test_resize_crop_keeps_the_centre():
 
 def test_random_flip_mirrors_some_images():
     images = np.arange(4 * 2 * 3).reshape(4, 2, 3, 1).astype(np.float32)
-    flipped = pipeline.RandomFlip().random_map({"image": images}, np.random.default_rng(0))["image"]
+    flip = pipeline.RandomFlip(pipeline.ProcessRows(4))
+    flipped = flip.random_map({"image": images}, np.random.default_rng(0))["image"]
     for original, out in zip(images, flipped, strict=True):
         assert np.array_equal(out, original) or np.array_equal(out, original[:, ::-1])
     assert not np.array_equal(flipped, images)

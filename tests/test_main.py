@@ -136,3 +136,27 @@ def test_tiny_transfer_from_a_tiny_pretrained_workdir(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(transferred / "results.json"))["metrics"]
     assert set(metrics) == {"test/loss", "test/top1"}
+
+
+def test_runs_and_logs_without_tensorflow(tmp_path):
+    """GPU and TPU images often lack TensorFlow: training and TensorBoard logs work without it."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "tests/without_tensorflow.py",
+            "jvision.main",
+            "--config=configs/vae_mnist.py:tiny",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TensorFlow is not installed" in result.stderr
+    assert json.load(open(tmp_path / "results.json"))["step"] == 4
+    events = event_accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"train/loss", "test/nelbo_nats"} <= set(events.Tags()["scalars"])
+    assert {"reconstructions", "samples"} <= set(events.Tags()["images"])

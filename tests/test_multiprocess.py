@@ -143,8 +143,8 @@ def test_two_processes_train_stop_resume_and_equal_one_process(tmp_path):
         deadline = time.monotonic() + 240
         while not (workdir / "checkpoints" / "10").exists():
             assert time.monotonic() < deadline and all(p.poll() is None for p in processes), (
-                (tmp_path / "first_0.log").read_text()[-3000:]
-            )
+                tmp_path / "first_0.log"
+            ).read_text()[-3000:]
             time.sleep(0.05)
         os.kill(processes[1].pid, signal.SIGTERM)  # Preemption notice to one host only.
         codes = _wait(processes, 240)

@@ -5,8 +5,10 @@ noise.
 Tolerances (float32 throughout):
 - losses: rtol 1e-4. Both sides sum thousands of float32 terms (784 pixels × batch, 42k SSD prior
   losses) in different orders, through different convolution and matmul kernels (oneDNN vs XLA);
-  that moves the result by ~1e-7 to 1e-6 relative. 1e-4 leaves two orders of magnitude for that
-  and still fails for any real difference (a permuted weight or a wrong term moves it by 1e-2+).
+  that moves the result by up to ~5e-6 relative (measured: 0 to 4.5e-7). 1e-4 leaves a wide
+  margin for that and still fails for real differences: loading weights without the layout
+  permutations moves the loss by 2.7e-4 (DRAW's read features) to 8.8e-3 (the VAE's pixel
+  shuffle), and the gradient check below catches those by orders of magnitude more.
 - gradients: per tensor, |g_torch - g_jax| <= 1e-3·|g_jax| + 1e-4·max|g_jax of that tensor|
   + 1e-5·max|g_jax of the model|. The last term covers gradients that are exactly zero in exact
   arithmetic and only rounding noise in both frameworks: a conv bias right before a training-mode
@@ -14,7 +16,8 @@ Tolerances (float32 throughout):
   largest gradient of 0.35).
 - one optimizer step from the same gradients: parameters and BatchNorm running means within
   1e-5·|p| + 1e-6 + 1e-5·max|p of that tensor| (the update is the same arithmetic; only rounding
-  differs, and running means average activations that reach 10³ in PatchVAE's decoder).
+  differs, and running means average large activations: at initialisation PatchVAE's appearance
+  samples have σ up to ~300, so its decoder's inputs are in the hundreds).
 """
 
 import functools
@@ -48,7 +51,6 @@ CASES = [
     ("draw_mnist", "tiny", {"model.use_attention": False}, 0),
     ("draw_mnist_small", None, {}, 0),
     ("ssd_mnist", None, {}, 0),
-    ("patchvae_mnist", "tiny", {}, 0),
     ("patchvae_mnist", "tiny", {"model.hard": True, "model.edge_weighted": True}, 2500),
     ("patchvae_mnist", "tiny", {"model.kind": "vae"}, 0),
     ("patchvae_mnist", None, {}, 1000),

@@ -168,14 +168,13 @@ def jvision_to_torch(model: nn.Module, tree: dict, partial: bool = False) -> dic
     unused = [p for p in leaves(tree, "") if not any(p.startswith(u + ".") or p == u for u in used)]
     if unused:
         raise KeyError(f"jvision variables without a torch counterpart: {unused}")
-    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    current = model.state_dict()
+    expected = {k for k in current if not k.endswith("num_batches_tracked")}
     if not partial and expected - set(state):
         raise KeyError(f"torch tensors not set from jvision: {sorted(expected - set(state))}")
     for name, value in state.items():
-        if model.state_dict()[name].shape != value.shape:
-            raise ValueError(
-                f"{name}: torch {model.state_dict()[name].shape}, jvision {value.shape}"
-            )
+        if current[name].shape != value.shape:
+            raise ValueError(f"{name}: torch {current[name].shape}, jvision {value.shape}")
     return state
 
 

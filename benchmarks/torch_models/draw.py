@@ -31,9 +31,10 @@ class LSTM(nn.Module):
 
 def filterbank(center, stride, variance, grid_size: int, size: int):
     """[B] window parameters -> [B, N, size] row-normalised Gaussian filters (1-based pixels)."""
-    offsets = torch.arange(1, grid_size + 1, dtype=center.dtype) - grid_size / 2 - 0.5
+    offsets = torch.arange(1, grid_size + 1, dtype=center.dtype, device=center.device)
+    offsets = offsets - grid_size / 2 - 0.5
     means = center[:, None] + offsets[None, :] * stride[:, None]
-    pixels = torch.arange(1, size + 1, dtype=center.dtype)
+    pixels = torch.arange(1, size + 1, dtype=center.dtype, device=center.device)
     filters = torch.exp(
         -(pixels[None, None, :] - means[:, :, None]).square() / (2 * variance[:, None, None])
     )
@@ -114,7 +115,8 @@ class DRAW(nn.Module):
 
     def sample_noise(self, batch_size: int, generator=None):
         shape = (self.num_glimpses, batch_size, self.latent_size)
-        return {"eps": torch.randn(shape, generator=generator)}
+        device = self.posterior.weight.device
+        return {"eps": torch.randn(shape, generator=generator, device=device)}
 
     def loss(self, batch, noise=None, step=0):
         images = batch["image"]

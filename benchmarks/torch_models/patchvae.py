@@ -155,11 +155,10 @@ class PatchVAE(_Losses):
         return self.decode(appearance, occurrence), mean, variance, logits
 
     def sample_noise(self, batch_size: int, generator=None):
+        options = {"generator": generator, "device": self.appearance_mean.weight.device}
         return {
-            "appearance": torch.randn(
-                batch_size, self.num_parts, self.part_size, generator=generator
-            ),
-            "uniform": torch.rand(batch_size, self.num_parts, *self.grid, generator=generator),
+            "appearance": torch.randn(batch_size, self.num_parts, self.part_size, **options),
+            "uniform": torch.rand(batch_size, self.num_parts, *self.grid, **options),
         }
 
 
@@ -193,9 +192,8 @@ class GlobalVAE(_Losses):
         return self.decode(z), mean, variance, None
 
     def sample_noise(self, batch_size: int, generator=None):
-        return {
-            "eps": torch.randn(batch_size, self.num_parts * self.part_size, generator=generator)
-        }
+        shape = (batch_size, self.num_parts * self.part_size)
+        return {"eps": torch.randn(shape, generator=generator, device=self.to_mean.weight.device)}
 
 
 def build(config):

@@ -132,7 +132,7 @@ def match(boxes, labels, priors, iou_threshold: float):
     best_object = overlaps.argmax(1)  # [B, P]; argmax takes the first of ties, as jnp's.
     best_overlap = overlaps.amax(1)
     best_prior = overlaps.argmax(2)  # [B, M]
-    rows = torch.arange(boxes.shape[0])
+    rows = torch.arange(boxes.shape[0], device=boxes.device)
     for m in range(boxes.shape[1]):  # Each object takes its best prior; later objects win.
         prior, forced = best_prior[:, m], valid[:, m]
         best_object[rows, prior] = torch.where(forced, m, best_object[rows, prior])
@@ -154,7 +154,7 @@ def encode(boxes, priors, variances=(10.0, 5.0)):
 def top_n_sum(values, n):
     """Sum of the `n` (a tensor) largest `values` [N], without reading n on the host."""
     ordered = values.sort(descending=True).values
-    return torch.where(torch.arange(values.shape[0]) < n, ordered, 0.0).sum()
+    return torch.where(torch.arange(values.shape[0], device=values.device) < n, ordered, 0.0).sum()
 
 
 class Detector(nn.Module):

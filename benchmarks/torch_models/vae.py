@@ -74,7 +74,8 @@ class VAE(nn.Module):
         return self.to_logits(h)
 
     def sample_noise(self, batch_size: int, generator=None):
-        return {"eps": torch.randn(batch_size, self.latent_dim, generator=generator)}
+        device = self.posterior.weight.device
+        return {"eps": torch.randn(batch_size, self.latent_dim, generator=generator, device=device)}
 
     def loss(self, batch, noise=None, step=0):
         images = batch["image"]

@@ -5,9 +5,11 @@ already on disk. Every other dataset is read with TFDS's own builder; when it ha
 prepared, the error says how to prepare it.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import os
+import sys
 
 import tensorflow_datasets as tfds
 
@@ -81,7 +83,9 @@ def _prepare_once(path: str, directory: str) -> tfds.core.DatasetBuilder:
         fcntl.flock(lock, fcntl.LOCK_EX)
         builder = own_builder(path, directory)  # Prepared meanwhile by another process?
         if not builder.is_prepared():
-            builder.download_and_prepare()
+            # TFDS reports progress on stdout, which commands keep for their results (JSON).
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare()
     return builder
 
 

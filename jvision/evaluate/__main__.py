@@ -8,10 +8,10 @@ input ends with one line on stderr and exit status 1.
 """
 
 import json
-import os
-import sys
 
 from absl import app, flags
+
+from jvision import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
@@ -21,11 +21,6 @@ _IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to thi
 _OVERRIDES: dict[str, str] = {}
 
 
-def fail(message: str) -> None:
-    print(f"jvision: error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flags, except `--config.KEY=VALUE`, which are collected as overrides."""
     rest = [argv[0]]
@@ -33,31 +28,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         if arg.startswith("--config."):
             key, equals, value = arg[len("--config.") :].partition("=")
             if not equals:
-                fail(f"{arg}: write config overrides as --config.KEY=VALUE")
+                cli.fail(f"{arg}: write config overrides as --config.KEY=VALUE")
             _OVERRIDES[key] = value
         else:
             rest.append(arg)
     try:
         rest = flags.FLAGS(rest)
     except flags.Error as error:
-        fail(str(error))
+        cli.fail(str(error))
     if _WORKDIR.value is None:
-        fail("--workdir is required")
+        cli.fail("--workdir is required")
     return rest
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.hide_tensorflow_from_accelerators()
     from jvision import evaluate, summaries
     from jvision import workdir as workdir_lib
-    from jvision.errors import UserError
 
-    try:
+    def work():
         run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES)
         metrics = run.evaluate(_SPLIT.value)
         if _IMAGES.value:
@@ -65,9 +56,9 @@ def main(argv: list[str]) -> None:
             directory.mkdir(parents=True, exist_ok=True)
             for name, grid in run.image_grids(_SPLIT.value).items():
                 workdir_lib.save_png(directory / f"{name}.png", summaries.image_grid(grid)[0])
-    except UserError as error:
-        fail(str(error))
-    print(json.dumps({"step": run.step, "metrics": metrics}, indent=2, sort_keys=True))
+        print(json.dumps({"step": run.step, "metrics": metrics}, indent=2, sort_keys=True))
+
+    cli.run(work)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,173 @@
+"""Where metrics, pictures and progress go: TensorBoard event files and the log.
+
+With TensorFlow installed (the default requirements), CLU writes them (`clu.metric_writers`,
+`clu.periodic_actions`). Where TensorFlow is absent (GPU or TPU images often lack it, and CLU's
+writers import it), the same events are written by TensorBoard's own TF-free event writer, and
+progress (steps/s) is logged by a small hook: runs train and write their TensorBoard logs either
+way. Profiling (`config.profile_steps`) then uses `jax.profiler` directly.
+"""
+
+import io
+import logging
+import time
+
+import jax
+import numpy as np
+
+
+def _tensorflow_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LoggingOnly:
+    """What processes other than 0 write: the log only."""
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
+
+    def write_images(self, step: int, images: dict) -> None:
+        del step, images
+
+    def write_hparams(self, hparams: dict) -> None:
+        del hparams
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EventWriter(LoggingOnly):
+    """A TF-free writer with the part of CLU's `MetricWriter` interface jvision uses."""
+
+    def __init__(self, logdir: str):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._events = EventFileWriter(logdir)
+
+    def _add(self, step: int, summary) -> None:
+        from tensorboard.compat.proto import event_pb2
+
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _write(self, step: int, values) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        self._add(step, summary_pb2.Summary(value=values))
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        value = summary_pb2.Summary.Value
+        values = [value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        self._write(step, values)
+        super().write_scalars(step, scalars)
+
+    def write_images(self, step: int, images: dict) -> None:
+        """`images`: name -> [1, H, W, C] uint8."""
+        from PIL import Image
+        from tensorboard.compat.proto import summary_pb2
+
+        values = []
+        for name, picture in images.items():
+            picture = np.asarray(picture)[0]
+            buffer = io.BytesIO()
+            Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(
+                buffer, "PNG"
+            )
+            encoded = summary_pb2.Summary.Image(
+                height=picture.shape[0],
+                width=picture.shape[1],
+                colorspace=picture.shape[2],
+                encoded_image_string=buffer.getvalue(),
+            )
+            values.append(summary_pb2.Summary.Value(tag=name, image=encoded))
+        self._write(step, values)
+
+    def write_hparams(self, hparams: dict) -> None:
+        from tensorboard.plugins.hparams import summary_v2
+
+        self._add(0, summary_v2.hparams_pb(hparams))
+
+    def flush(self) -> None:
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
+
+
+class Progress:
+    """Logs and writes `steps_per_sec` every `every_secs` seconds (TF-free ReportProgress)."""
+
+    def __init__(self, writer, every_secs: float = 60.0):
+        self.writer, self.every_secs = writer, every_secs
+        self._last_time, self._last_step = time.monotonic(), None
+
+    def __call__(self, step: int) -> None:
+        now = time.monotonic()
+        if self._last_step is None:
+            self._last_time, self._last_step = now, step
+        elif now - self._last_time >= self.every_secs:
+            rate = (step - self._last_step) / (now - self._last_time)
+            self.writer.write_scalars(step, {"steps_per_sec": rate})
+            self._last_time, self._last_step = now, step
+
+
+class ProfileWindow:
+    """Traces `num_steps` steps starting after step `first_step` with `jax.profiler`."""
+
+    def __init__(self, logdir: str, first_step: int, num_steps: int):
+        self.logdir, self.first_step, self.num_steps = logdir, first_step, num_steps
+        self._running = False
+
+    def __call__(self, step: int) -> None:
+        if step == self.first_step and not self._running:
+            jax.profiler.start_trace(self.logdir)
+            self._running = True
+        elif self._running and step >= self.first_step + self.num_steps:
+            jax.profiler.stop_trace()
+            self._running = False
+
+
+def create(logdir: str, is_chief: bool):
+    """The run's metric writer: TensorBoard events in `logdir` and the log (only the log on
+    processes other than 0)."""
+    if _tensorflow_available():
+        from clu import metric_writers
+
+        return metric_writers.create_default_writer(
+            logdir, just_logging=not is_chief, asynchronous=True
+        )
+    logging.info("TensorFlow is not installed: writing TensorBoard events without it")
+    return EventWriter(logdir) if is_chief else LoggingOnly()
+
+
+def hooks(config, logdir: str, writer, is_chief: bool) -> list:
+    """Per-step hooks: progress reports and, when `config.profile_steps`, a profiler window
+    (process 0 only)."""
+    profile = config.profile_steps and is_chief
+    if not _tensorflow_available():
+        return [Progress(writer)] + (
+            [ProfileWindow(logdir, config.profile_first_step, config.profile_steps)]
+            if profile
+            else []
+        )
+    from clu import periodic_actions
+
+    result = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)]
+    if profile:
+        result.append(
+            periodic_actions.Profile(
+                logdir=logdir,
+                num_profile_steps=config.profile_steps,
+                profile_duration_ms=None,  # `profile_steps` long, however fast.
+                first_profile=config.profile_first_step,
+                every_secs=None,
+            )
+        )
+    return result
