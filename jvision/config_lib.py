@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.shuffle = True
     config.data.image_size = 0  # >0: resize the shorter side and centre-crop to this size.
     config.data.random_flip = False  # Mirror training images left-right at random.
+    # Training examples made from the stored ones by a maker in jvision.data.triplets (e.g.
+    # "triplets" from detection scenes); "": as stored.
+    config.data.train_examples = ""
     config.data.binarize = "dynamic"  # 'dynamic' (Bernoulli resampled per epoch), 'none'.
     # Splits (this process's share) of at most this many examples are read and decoded once and
     # kept in memory: the TFDS reader's per-example cost would otherwise compete with the train
@@ -78,6 +81,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.init_from.step = ml_collections.config_dict.placeholder(int)
     config.init_from.source = ""
     config.init_from.target = ""
+
+    # State computed from data before each evaluation and the last checkpoint (a family's
+    # calibration_statistics / set_calibration): the examples made by a maker of
+    # jvision.data.triplets from `split`; "" examples: none.
+    config.calibration = ml_collections.ConfigDict()
+    config.calibration.split = "train"
+    config.calibration.examples = ""
 
     # Evaluations: name -> {type: module in jvision.evaluators, split}. Metric names are
     # prefixed with the evaluation's name, e.g. `test/nelbo_nats`.
@@ -150,3 +160,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
             node[name] = _parse(value, node[name]) if isinstance(value, str) else value
         except (TypeError, ValueError) as error:
             raise UserError(f"bad value {value!r} for config key {key!r}: {error}") from None
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved with a run (`config.json`, a checkpoint's `meta`), with the keys added to
+    `base_config` since then filled in with their defaults."""
+    config = ml_collections.ConfigDict(saved)
+
+    def fill(node: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+        for key, value in defaults.items():
+            if key not in node:
+                node[key] = value
+            elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+                node[key], ml_collections.ConfigDict
+            ):
+                fill(node[key], value)
+
+    fill(config, base_config())
+    return config

@@ -159,7 +159,7 @@ def draw_detections(
     truth: dict[str, np.ndarray] | None = None,
     min_score: float = 0.4,
     max_boxes: int = 8,
-    scale: int = 4,
+    scale: int | None = None,
 ) -> np.ndarray:
     """Scenes with their detections, enlarged `scale`× so labels and scores are legible.
 
@@ -170,10 +170,13 @@ def draw_detections(
       truth: optional ground truth, `boxes` [N, M, 4] normalised and `labels` [N, M] (-1 pads),
         drawn in green.
       min_score: detections scoring lower are not drawn; at most `max_boxes`, best first, are.
+      scale: enlargement (default: to about 128 px, at least 1).
     Returns:
       [N, scale·H, scale·W, 3]: detections in red, labelled with class and score in percent.
     """
-    images = to_rgb(np.repeat(np.repeat(np.asarray(images), scale, 1), scale, 2))
+    images = np.asarray(images)
+    scale = scale or max(1, 128 // max(images.shape[1:3]))
+    images = to_rgb(np.repeat(np.repeat(images, scale, 1), scale, 2))
     size = np.array(images.shape[1:3] * 2, np.float64)
     pictures = []
     for index, image in enumerate(images):

@@ -23,7 +23,17 @@ from clu import metrics as clu_metrics
 from clu import parameter_overview
 from flax import nnx
 
-from jvision import checkpoint, evaluators, models, optim, preemption, sharding, summaries, writers
+from jvision import (
+    calibration,
+    checkpoint,
+    evaluators,
+    models,
+    optim,
+    preemption,
+    sharding,
+    summaries,
+    writers,
+)
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -170,9 +180,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summarize = summaries.Summarizer(
         family, model_graphdef, mesh, config.seed, config.num_summary_images
     )
+    calibration_pass = calibration.build(
+        family, config, mesh, model_graphdef, layout.shardings["model"]
+    )
+    calibrated_at = None
     replicated = sharding.replicated(mesh)
 
+    def calibrate(step: int) -> None:
+        """Recomputes the model's calibration (if it has one) from data, once per step."""
+        nonlocal calibrated_at
+        if calibration_pass is not None and calibrated_at != step:
+            state["model"] = calibration_pass(state["model"], step)
+            calibrated_at = step
+
     def evaluate(step: int, final: bool = False) -> dict[str, float]:
+        calibrate(step)
         results = evaluators.run_all(evals, model_graphdef, state["model"], step)
         writer.write_scalars(step, results)
         pictures = {
@@ -229,6 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         writer.write_scalars(step, values)
                         metrics = jax.device_put(TrainMetrics.empty(), replicated)
                 if save:
+                    if step == total:  # The last checkpoint holds the calibrated model.
+                        calibrate(step)
                     ckpts.save(step, state, train_data, config)
                     saved_step = step
                 if step < total and itstime(step, config.eval_every_steps, total):

@@ -30,8 +30,8 @@ BINARIZE_MODES = ("dynamic", "none")
 
 
 class Decode(grain.transforms.Map):
-    """uint8 images -> float32 in [0, 1]; 64-bit integers -> int32; string fields dropped.
-    Works on batches."""
+    """uint8 arrays (images, crops) -> float32 in [0, 1]; 64-bit integers -> int32; string fields
+    dropped. Works on batches."""
 
     def __init__(self, pixel_max: int):
         self.scale = 1.0 / pixel_max
@@ -42,8 +42,9 @@ class Decode(grain.transforms.Map):
             value = np.asarray(value)
             if value.dtype.kind in "USO":  # Strings (ids, file names) cannot go to devices.
                 continue
+            if value.dtype == np.uint8:
+                value = value.astype(np.float32) * self.scale
             decoded[key] = value.astype(np.int32) if value.dtype == np.int64 else value
-        decoded["image"] = example["image"].astype(np.float32) * self.scale
         return decoded
 
 
@@ -120,7 +121,7 @@ def read(source, indices, resize: "ResizeCrop | None") -> dict[str, np.ndarray]:
     )
     if resize:
         examples = [resize.map(example) for example in examples]
-    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+    return stack(examples)
 
 
 class ReadRows(grain.transforms.Map):
@@ -131,6 +132,37 @@ class ReadRows(grain.transforms.Map):
 
     def map(self, indices):
         return read(self.source, indices[self.rows.rows], self.resize)
+
+
+def example_maker(name: str, source, config: ml_collections.ConfigDict):
+    """The maker named by `data.train_examples` / `calibration.examples`: a callable
+    `(index, rng) -> example` that builds a training example from the source (e.g. a triplet
+    from detection scenes); None for "" (examples as stored)."""
+    if not name:
+        return None
+    from jvision.data import triplets
+
+    if name not in triplets.MAKERS:
+        raise UserError(f"unknown examples {name!r}; known: {', '.join(triplets.MAKERS)}")
+    return triplets.MAKERS[name](source, config.model)
+
+
+def stack(examples: list[dict]) -> dict[str, np.ndarray]:
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+class MakeRows(grain.transforms.RandomMap):
+    """A global batch of indices -> this process's rows, each made by `make(index, rng)` with an
+    rng of its own (drawn for the whole global batch, so rows do not depend on the processes)."""
+
+    def __init__(self, make, rows: ProcessRows):
+        self.make, self.rows = make, rows
+
+    def random_map(self, indices, rng: np.random.Generator):
+        seeds = rng.integers(2**63, size=self.rows.global_size)[self.rows.rows]
+        mine = indices[self.rows.rows]
+        rngs = [np.random.default_rng(seed) for seed in seeds]
+        return stack([self.make(int(i), rng) for i, rng in zip(mine, rngs, strict=True)])
 
 
 def _check_batch_size(global_batch_size: int, name: str) -> None:
@@ -167,7 +199,11 @@ def train_data(config: ml_collections.ConfigDict):
         indices = indices.shuffle(seed=config.seed)
     indices = indices.repeat(None).batch(config.batch_size, drop_remainder=True)
     resize = ResizeCrop(data.image_size) if data.image_size else None
-    ds = indices.map(ReadRows(source, rows, resize))
+    make = example_maker(data.train_examples, source, config)
+    if make is None:
+        ds = indices.map(ReadRows(source, rows, resize))
+    else:
+        ds = indices.random_map(MakeRows(make, rows), seed=config.seed + 3)
     ds = ds.map(Decode(sources.spec(data.name).pixel_max))
     if data.binarize == "dynamic":
         ds = ds.random_map(Binarize(rows), seed=config.seed + 1)
@@ -192,10 +228,12 @@ class EvalData:
     sharded eval step requires.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, split: str):
+    def __init__(self, config: ml_collections.ConfigDict, split: str, examples: str = ""):
+        """`examples` names a maker of examples from the split's (e.g. `exemplars`)."""
         data = config.data
         _check_batch_size(config.eval_batch_size, "eval_batch_size")
         self.source = _source(data, split)
+        self.make = example_maker(examples, self.source, config)
         self.size = len(self.source)
         logging.info("eval data: %s[%s], %d examples", data.name, split, self.size)
         self.rows = ProcessRows(config.eval_batch_size)
@@ -219,10 +257,11 @@ class EvalData:
             yield pad_batch(batch, local_size)
 
     def _read(self, indices: range) -> dict[str, np.ndarray]:
-        if len(indices):
-            return read(self.source, indices, self.resize)
-        empty = read(self.source, [0], self.resize)
-        return jax.tree.map(lambda x: x[:0], empty)
+        if not len(indices):
+            return jax.tree.map(lambda x: x[:0], self._read(range(1)))
+        if self.make:  # Deterministic: each example's rng is seeded by its index.
+            return stack([self.make(i, np.random.default_rng(i)) for i in indices])
+        return read(self.source, indices, self.resize)
 
 
 def summary_batch(config: ml_collections.ConfigDict, split: str, mesh) -> dict[str, jax.Array]:

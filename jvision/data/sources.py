@@ -24,6 +24,8 @@ class DatasetSpec:
     # jvision's own builder ("module:Class" or "module:Class/config"), prepared on first use from
     # data already here; None for TFDS's catalogue datasets.
     builder: str | None = None
+    # "module:function" mapping each stored example to the fields jvision reads; None: as stored.
+    adapter: str | None = None
 
 
 DATASETS = {
@@ -34,6 +36,9 @@ DATASETS = {
     "binarized_mnist": DatasetSpec("binarized_mnist", 1, ("train", "validation", "test")),
     "cifar100": DatasetSpec("cifar100", 255, ("train", "test")),
     "imagenet2012": DatasetSpec("imagenet2012", 255, ("train", "validation")),
+    "kitti": DatasetSpec(
+        "kitti", 255, ("train", "validation", "test"), adapter="jvision.data.kitti:to_detection"
+    ),
     "mnist_detection": DatasetSpec(
         "mnist_detection",
         255,
@@ -103,7 +108,9 @@ def open_source(name: str, split: str, configured_dir: str | None = None):
             builder = _prepare_once(dataset.builder, directory)
         return builder.as_data_source(split=split)
     try:
-        return tfds.data_source(dataset.tfds_name, split=split, data_dir=directory, download=False)
+        source = tfds.data_source(
+            dataset.tfds_name, split=split, data_dir=directory, download=False
+        )
     except Exception as error:  # TFDS raises several types for "not prepared here".
         raise UserError(
             f"dataset {name!r} is not prepared in {directory} and cannot be downloaded offline; "
@@ -111,3 +118,20 @@ def open_source(name: str, split: str, configured_dir: str | None = None):
             f"(or `tfds build {dataset.tfds_name}`) and copy the directory here, or set "
             f"TFDS_DATA_DIR / --config.data.data_dir to where it is ({type(error).__name__})"
         ) from error
+    if dataset.adapter:
+        module_name, _, function = dataset.adapter.partition(":")
+        return Adapted(source, getattr(importlib.import_module(module_name), function))
+    return source
+
+
+class Adapted:
+    """A random-access source whose examples go through `adapt` when read."""
+
+    def __init__(self, source, adapt):
+        self.source, self.adapt = source, adapt
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        return self.adapt(self.source[index])

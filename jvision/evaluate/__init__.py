@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from jvision import checkpoint, config_lib, evaluators, models, sharding, summaries
+from jvision import calibration, checkpoint, config_lib, evaluators, models, sharding, summaries
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -131,7 +131,7 @@ def load(
     """
     workdir = workdir_lib.path(workdir)
     meta = checkpoint.read_meta(workdir, step)
-    config = ml_collections.ConfigDict(meta["config"])
+    config = config_lib.from_saved(meta["config"])
     overrides = dict(overrides or {})
     fixed = sorted(k for k in overrides if k == "model" or k.startswith("model."))
     if fixed:
@@ -149,6 +149,12 @@ def load(
     state = jax.device_put(nnx.state(model), sharding.replicated(mesh))
     restored, _ = checkpoint.load_model(workdir, meta["step"], target=nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
+    graphdef = nnx.graphdef(model)
+    calibrate = calibration.build(
+        family, config, mesh, graphdef, jax.tree.map(lambda x: x.sharding, state)
+    )
+    if calibrate is not None:  # As the trainer does before evaluating.
+        state = calibrate(state, meta["step"])
+    model = nnx.merge(graphdef, state)
     model.eval()
     return Run(workdir, config, meta["step"], family, model, mesh)

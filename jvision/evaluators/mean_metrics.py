@@ -7,12 +7,17 @@ from clu import metrics as clu_metrics
 
 from jvision import models, sharding
 from jvision.data import pipeline
+from jvision.errors import UserError
 
 EVAL_SEED_OFFSET = 10_000  # Eval noise differs from training noise but is fixed across evals.
 
 
 class Evaluator:
     def __init__(self, name: str, family, config: ml_collections.ConfigDict, eval_config, mesh):
+        if not hasattr(family, "eval_metrics"):
+            raise UserError(
+                f"evals.{name}: the mean_metrics evaluator needs {family.__name__}.eval_metrics"
+            )
         self.name = name
         self.mesh = mesh
         self.family = family

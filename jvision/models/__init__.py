@@ -4,14 +4,18 @@ A family module defines:
 
     build(model_config, rngs) -> nnx.Module
     train_loss(model, batch, key, step) -> (loss, {metric_name: scalar})
-    eval_metrics(model, batch, key, step) -> {metric_name: [B] per-example values}
     predict(model, batch, step) -> {name: [B, ...]} what the model says about each image
     image_summaries(model, batch, key, step) -> {name: arrays}
 
 and optionally:
 
+    eval_metrics(model, batch, key, step) -> {metric_name: [B] per-example values}
+        (for the `mean_metrics` evaluator)
     draw_summaries(outputs) -> {name: [rows, columns, H, W, C] floats in [0, 1]}
     trainable(model) -> nnx filter of the parameters the optimizer updates (default: nnx.Param)
+    calibration_statistics(model, batch, step) -> {name: [B, ...]} and
+    set_calibration(model, totals) -> None
+        state computed from data after training (`config.calibration`, `jvision.calibration`)
 
 `batch` is a dict of arrays from `jvision.data.pipeline`; `key` is a PRNG key derived from
 `(seed, step)` so runs are reproducible; `step` (an int32 scalar: the number of train steps taken,
@@ -31,7 +35,7 @@ from flax import nnx
 
 from jvision.errors import UserError
 
-REQUIRED = ("build", "train_loss", "eval_metrics", "predict", "image_summaries")
+REQUIRED = ("build", "train_loss", "predict", "image_summaries")
 
 
 def known() -> list[str]:

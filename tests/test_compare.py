@@ -1,0 +1,80 @@
+"""benchmarks/compare.py end to end on one tiny config: the Markdown table and the JSON line.
+
+compare.py runs in a subprocess: it must set its thread counts before JAX and PyTorch are imported,
+and it compares on one device, where these tests run with 8 simulated ones.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import ROOT  # noqa: E402
+
+COLUMNS = (
+    "config",
+    "batch",
+    "jvision ms/step",
+    "PyTorch eager ms/step",
+    "torch.compile ms/step",
+    "jvision speed-up vs eager (eager ms / jvision ms)",
+    "jvision speed-up vs compiled (compiled ms / jvision ms)",
+    "jvision compile s",
+    "torch.compile s",
+    "GFLOP/step",
+    "GFLOP/s (% of matmul peak): jvision / eager / compiled",
+    "peak memory MiB: jvision / eager / compiled",
+    "pipeline vs step, batches/s",
+)
+
+
+def test_compare_tiny_vae(tmp_path):
+    markdown = tmp_path / "table.md"
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "compare.py"),
+        "--configs=vae_mnist:tiny",
+        "--rounds=1",
+        "--steps=2",
+        "--warmup=1",
+        "--threads=1",
+        "--no_compile",
+        "--pipeline_batches=5",
+        "--matmul_size=256",
+        f"--markdown={markdown}",
+    ]
+    # The conftest's environment (TFDS dir, JAX_PLATFORMS=cpu, fast compiles); compare.py drops
+    # the simulated device count itself.
+    done = subprocess.run(
+        command, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+
+    header = next(line for line in lines if line.startswith("| config |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
+    rows = [line for line in lines if line.startswith("| `vae_mnist:tiny` |")]
+    assert len(rows) == 1, done.stdout
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(cells) == len(COLUMNS)
+    assert cells[1] == "16"
+    assert float(cells[2].split()[0]) > 0 and float(cells[3].split()[0]) > 0
+    assert cells[4] == "skipped"
+    assert cells[5].endswith("×")
+    assert any(line.startswith("# CPU ") for line in lines)  # The machine line.
+
+    result = json.loads(next(line for line in lines if line.startswith('{"machine"')))
+    assert result["machine"]["threads"] == 1
+    assert result["machine"]["jax_devices"] == ["cpu:0"]
+    (row,) = result["results"]
+    assert row["config"] == "vae_mnist:tiny" and row["batch"] == 16
+    assert row["jvision_ms"] > 0 and row["eager_ms"] > 0 and row["flops"] > 0
+    assert row["jvision_memory"]["peak"] > 0 and row["eager_memory_bytes"] > 0
+    assert row["pipeline_batches_per_s"] > 0
+
+    written = markdown.read_text()
+    assert header in written and rows[0] in written
