@@ -32,6 +32,7 @@ def get_config(arg: str | None = None):
     config.num_summary_images = 4
     config.eval_every_steps = 10_000
     config.ckpt_every_steps = 5_000
+    config.optimizer.learning_rate = 1e-4  # pytlib's.
     config.data.name = "kitti"
     config.data.eval_split = "validation"
     config.evals.test = dict(type="detection_map", split="validation", num_classes=1)
@@ -42,6 +43,7 @@ def get_config(arg: str | None = None):
     config.model.strides = (2, 1, 2, 2, 1)
     config.model.widths = (16, 32, 64, 128, 256)
     config.model.latent_size = 128
+    config.model.window_px = 0  # pytlib's: every car normalised to the exemplar's size.
     config.model.max_detections_per_class = 20
     if variant == "tiny":
         config_lib.shrink_for_tests(config)

@@ -45,22 +45,91 @@ def model_config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
+CHECKSUMS_FILE = "jvision_checksums.json"
+DAMAGED_DIR = "checkpoints_damaged"
+# Orbax writes these when it commits a checkpoint, after the checksums are taken.
+UNSEALED_FILES = (CHECKSUMS_FILE, "commit_success.txt", "_CHECKPOINT_METADATA")
+TEMPORARY_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _files(step_dir: epath.Path) -> list[epath.Path]:
+    """The files of a checkpoint that its checksums cover (epath has no recursive glob)."""
+    files = []
+    for folder, _, names in step_dir.walk():
+        top = epath.Path(folder) == step_dir
+        files += [
+            epath.Path(folder) / name for name in names if not (top and name in UNSEALED_FILES)
+        ]
+    return sorted(files)
+
+
+def _sha256(file: epath.Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def seal(step_dir: epath.Path) -> None:
+    """Records the SHA-256 of every file of a committed checkpoint (tensorstore's array files
+    carry no checksum of their own: a flipped byte would load silently)."""
+    sums = {str(f.relative_to(step_dir)): _sha256(f) for f in _files(step_dir)}
+    workdir_lib.write_json(step_dir / CHECKSUMS_FILE, {"sha256": sums})
+
+
+def verify(step_dir: epath.Path) -> tuple[str, str]:
+    """("intact", ""), ("unsealed", "") when no checksums were recorded (a save cut short right
+    after its commit), or ("damaged", what is wrong)."""
+    file = step_dir / CHECKSUMS_FILE
+    if not file.exists():
+        return "unsealed", ""
+    try:
+        expected = workdir_lib.read_json(file)["sha256"]
+    except (ValueError, KeyError, OSError):
+        return "damaged", f"{CHECKSUMS_FILE} is unreadable"
+    for name, digest in sorted(expected.items()):
+        path = step_dir / name
+        if not path.exists():
+            return "damaged", f"{name} is missing"
+        if _sha256(path) != digest:
+            return "damaged", f"{name} has changed"
+    return "intact", ""
+
+
 class Checkpoints:
-    """A thin layer over `ocp.CheckpointManager` in `<workdir>/checkpoints`."""
+    """A thin layer over `ocp.CheckpointManager` in `<workdir>/checkpoints`, with integrity.
+
+    Every committed checkpoint is sealed with checksums of its files (`seal`, right after Orbax
+    commits it, on process 0). `restore` verifies the newest checkpoint first; one that fails its
+    check, or cannot be read without checksums to vouch for it, is moved aside to
+    `<workdir>/checkpoints_damaged/` (never deleted) and the next older one is tried.
+    """
 
     def __init__(self, workdir: epath.Path, keep: int):
+        self.workdir = workdir
         self.directory = directory(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
-                create=True,
+                create=False,  # Made by the first save: a refused run leaves no trace.
                 enable_async_checkpointing=True,
                 # A save cut short (kill -9, a second Ctrl-C) leaves a temporary directory,
                 # never a step; it is removed when the workdir is next opened.
                 cleanup_tmp_directories=True,
+                async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_committed),
             ),
         )
+
+    def _seal_committed(self) -> None:
+        """Orbax's post-finalisation hook: seals the checkpoint just finalised, still in its
+        temporary directory (renamed to its step right after), and any unsealed older one."""
+        if jax.process_index() != 0:
+            return
+        for step in self.manager.all_steps():
+            for name in (f"{step}{TEMPORARY_SUFFIX}", str(step)):
+                step_dir = self.directory / name
+                if step_dir.exists() and not (step_dir / CHECKSUMS_FILE).exists():
+                    seal(step_dir)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -78,52 +147,93 @@ class Checkpoints:
             ),
         )
 
+    def _set_aside(self, step: int, reason: str) -> None:
+        """Moves a damaged checkpoint out of Orbax's sight, keeping it for inspection."""
+        if jax.process_index() == 0:
+            damaged = self.workdir / DAMAGED_DIR
+            damaged.mkdir(parents=True, exist_ok=True)
+            target, copy = damaged / str(step), 1
+            while target.exists():
+                target, copy = damaged / f"{step}.{copy}", copy + 1
+            (self.directory / str(step)).rename(target)
+            logging.warning("checkpoint step %d is damaged (%s): moved to %s", step, reason, target)
+        self.manager.reload()
+
     def restore(
         self, state: nnx.State, data: grain.DatasetIterator, config: ml_collections.ConfigDict
     ) -> tuple[nnx.State, int] | None:
-        """Restores the latest checkpoint into `state` (returned) and `data` (in place).
+        """Restores the newest intact checkpoint into `state` (returned) and `data` (in place).
 
-        Returns None when there is no checkpoint.
+        Returns None when there is no checkpoint. Damaged checkpoints are set aside on the way;
+        when none is left intact, or an intact one was written for another model, `UserError`.
         """
-        step = self.latest_step()
-        if step is None:
-            return None
-        where = f"checkpoint {self.directory}/{step}"
-        try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            saved_model = meta["meta"]["config"]["model"]
-        except Exception as error:
+        skipped = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            where = f"checkpoint {self.directory}/{step}"
+            status, reason = verify(self.directory / str(step))
+            if status == "damaged":
+                self._set_aside(step, reason)
+                skipped.append(step)
+                continue
+            try:
+                meta = self.manager.restore(
+                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                )
+                saved_model = meta["meta"]["config"]["model"]
+            except Exception as error:
+                self._set_aside(step, f"its metadata is unreadable: {type(error).__name__}")
+                skipped.append(step)
+                continue
+            changed = model_config_differences(saved_model, _as_json(config.model.to_dict()))
+            if changed:
+                raise UserError(
+                    f"{where} was written for a different model (model."
+                    f"{', model.'.join(changed)} differ); use a new --workdir or the config that "
+                    "wrote it"
+                )
+            pure = {name: nnx.to_pure_dict(state[name]) for name in ("model", "opt")}
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        model=ocp.args.StandardRestore(_target(pure["model"])),
+                        opt=ocp.args.StandardRestore(_target(pure["opt"])),
+                        data=grain.checkpoint.CheckpointRestore(data),
+                    ),
+                )
+            except Exception as error:
+                message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                if status == "intact":  # Its files are as written: the code changed, not it.
+                    raise UserError(
+                        f"{where} is intact (its checksums match) but does not fit this "
+                        f"version's model and optimizer ({message}); use the version of jvision "
+                        "that wrote it, or a new --workdir"
+                    ) from error
+                self._set_aside(step, f"unreadable: {message}")
+                skipped.append(step)
+                continue
+            for name in ("model", "opt"):
+                nnx.replace_by_pure_dict(state[name], restored[name])
+            if skipped:
+                logging.warning(
+                    "resuming from step %d, the newest intact checkpoint; skipped damaged "
+                    "step(s) %s (kept in %s)",
+                    step,
+                    ", ".join(map(str, skipped)),
+                    self.workdir / DAMAGED_DIR,
+                )
+            logging.info("restored %s", where)
+            return state, step
+        if skipped:
             raise UserError(
-                f"{where} is unreadable ({type(error).__name__}); delete it or use a new --workdir"
-            ) from error
-        changed = model_config_differences(saved_model, _as_json(config.model.to_dict()))
-        if changed:
-            raise UserError(
-                f"{where} was written for a different model (model.{', model.'.join(changed)} "
-                f"differ); use a new --workdir or the config that wrote it"
+                f"no intact checkpoint left in {self.directory}: step(s) "
+                f"{', '.join(map(str, skipped))} are damaged (moved to "
+                f"{self.workdir / DAMAGED_DIR}); use a new --workdir, or put back a good copy"
             )
-        pure = {name: nnx.to_pure_dict(state[name]) for name in ("model", "opt")}
-        try:
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(_target(pure["model"])),
-                    opt=ocp.args.StandardRestore(_target(pure["opt"])),
-                    data=grain.checkpoint.CheckpointRestore(data),
-                ),
-            )
-        except Exception as error:
-            raise UserError(
-                f"{where} does not fit this model and optimizer ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:200]}); use a new --workdir"
-            ) from error
-        for name in ("model", "opt"):
-            nnx.replace_by_pure_dict(state[name], restored[name])
-        logging.info("restored %s", where)
-        return state, step
+        return None
 
     def wait(self) -> None:
-        """Blocks until the save in flight (if any) is complete."""
+        """Blocks until the save in flight (if any) is complete and sealed."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
@@ -155,6 +265,9 @@ def read_meta(workdir: str | epath.Path, step: int | None = None) -> dict:
                 f"{workdir} has no checkpoint at step {step}; its steps: "
                 f"{', '.join(map(str, sorted(steps)))}"
             )
+        status, reason = verify(directory(workdir) / str(step))
+        if status == "damaged":
+            raise UserError(f"checkpoint {directory(workdir)}/{step} is damaged ({reason})")
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 

@@ -4,6 +4,7 @@ errors, and running the work so that bad input and early stops end the same way 
 Commands: `jvision.main` (train), `jvision.sweep` (seeds), `jvision.evaluate` (any workdir).
 """
 
+import glob
 import os
 import re
 import sys
@@ -59,8 +60,11 @@ def parse_run_flags(argv: list[str]) -> list[str]:
 
 def hide_tensorflow_from_accelerators() -> None:
     """TensorFlow (optional) is only used by TFDS and the TensorBoard writers: keep it quiet and
-    off the GPUs, which belong to JAX."""
+    off the GPUs, which belong to JAX. Without NVIDIA GPUs there is nothing to hide, and not
+    importing it here saves seconds (bad input is refused before anything imports it)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return
     try:
         import tensorflow as tf
     except ImportError:

@@ -26,6 +26,7 @@ from flax import nnx
 from jvision import (
     calibration,
     checkpoint,
+    config_lib,
     evaluators,
     models,
     optim,
@@ -140,26 +141,64 @@ def make_train_step(
     return jitted, metrics_class
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
-
-    Returns the final evaluation's metrics, which are also written to `workdir/results.json`.
-    Raises `preemption.Stopped` after saving a checkpoint when SIGTERM or SIGINT stop the run.
-    """
-    # ----------------------------------------------------------------------- checks & outputs
-    family = models.get(config.model.name)
+def _check_devices(config: ml_collections.ConfigDict) -> None:
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % jax.device_count():
             raise UserError(
                 f"{name} {config[name]} is not divisible by {jax.device_count()} devices; "
                 f"use a multiple of {jax.device_count()}"
             )
-    workdir = workdir_lib.path(workdir)
+
+
+def _open_workdir(workdir, config, state, train_data):
+    """Locks the workdir and restores its newest intact checkpoint (or initialises from
+    `config.init_from`), writing nothing else. Returns `(lock, checkpoints, state, step)`;
+    step 0 for a new run. On a refusal the lock is released and a workdir made here removed."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file, not a directory")
+    existed = workdir.exists()
+    lock = workdir_lib.Lock(workdir)
+    try:
+        if jax.process_index() == 0:  # One lock per run: on process 0.
+            lock.acquire()
+        ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+        restored = ckpts.restore(state, train_data, config)
+        if restored is not None:
+            state, step = restored
+            logging.info("resuming from step %d", step)
+            return lock, ckpts, state, step
+        if (workdir / workdir_lib.RESULTS_FILE).exists():
+            raise UserError(
+                f"{workdir} has a {workdir_lib.RESULTS_FILE} but no checkpoints: a finished run "
+                "whose checkpoints were removed; use a new --workdir (or remove "
+                f"{workdir_lib.RESULTS_FILE} to train again here)"
+            )
+        if config.init_from.workdir:
+            checkpoint.initialise_from(state["model"], config.init_from, config.model)
+        return lock, ckpts, state, 0
+    except BaseException:
+        lock.release()
+        if not existed and workdir.exists() and not any(workdir.iterdir()):
+            workdir.rmdir()
+        raise
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains `config` in `workdir` (resuming from its newest intact checkpoint) and evaluates.
+
+    Returns the final evaluation's metrics, which are also written to `workdir/results.json`.
+    Raises `preemption.Stopped` after saving a checkpoint when SIGTERM or SIGINT stop the run,
+    and `UserError` for bad input, before writing anything.
+    """
+    # ----------------------------------------------------------------------- checks
+    config_lib.validate(config)
+    family = models.get(config.model.name)
+    _check_devices(config)
+    try:
+        workdir = workdir_lib.path(workdir)
+    except OSError as error:
+        raise UserError(f"--workdir {workdir}: {error}") from error
     is_chief = jax.process_index() == 0  # Only process 0 writes files other than checkpoints.
-    if is_chief:
-        workdir.mkdir(parents=True, exist_ok=True)
-        workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-    writer = writers.create(str(workdir), is_chief)
 
     # ----------------------------------------------------------------------- mesh & data
     mesh = sharding.make_mesh(config.mesh)
@@ -183,49 +222,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     calibration_pass = calibration.build(
         family, config, mesh, model_graphdef, layout.shardings["model"]
     )
-    calibrated_at = None
-    replicated = sharding.replicated(mesh)
-
-    def calibrate(step: int) -> None:
-        """Recomputes the model's calibration (if it has one) from data, once per step."""
-        nonlocal calibrated_at
-        if calibration_pass is not None and calibrated_at != step:
-            state["model"] = calibration_pass(state["model"], step)
-            calibrated_at = step
-
-    def evaluate(step: int, final: bool = False) -> dict[str, float]:
-        calibrate(step)
-        results = evaluators.run_all(evals, model_graphdef, state["model"], step)
-        writer.write_scalars(step, results)
-        pictures = {
-            name: summaries.image_grid(grid)
-            for name, grid in summarize(state["model"], summary_batch, step).items()
-        }
-        writer.write_images(step, pictures)
-        if final and is_chief:  # The last pictures also go to workdir/images.
-            images = workdir / workdir_lib.IMAGES_DIR
-            images.mkdir(parents=True, exist_ok=True)
-            for name, picture in pictures.items():
-                workdir_lib.save_png(images / f"{name}.png", picture[0])
-        logging.info("step %d: %s", step, results)
-        return results
 
     # ----------------------------------------------------------------------- restore
-    ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-    restored = ckpts.restore(state, train_data, config)
-    step = 0
-    if restored is not None:
-        state, step = restored
-        logging.info("resuming from step %d", step)
-    else:
-        if config.init_from.workdir:
-            checkpoint.initialise_from(state["model"], config.init_from, config.model)
-        writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)})
-    saved_step = step if restored is not None else None
-
-    # ----------------------------------------------------------------------- train loop
-    total = config.total_steps
     try:
+        lock, ckpts, state, step = _open_workdir(workdir, config, state, train_data)
+    except OSError as error:  # The workdir cannot be created or read.
+        raise UserError(f"--workdir {workdir}: {error.strerror or error}") from error
+    saved_step = step if step else None
+    writer = None
+    try:
+        # ------------------------------------------------------------------- outputs
+        if is_chief:  # The run passed every check: now it may write.
+            lock.announce()
+            workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+        writer = writers.create(str(workdir), is_chief)
+        if not step:
+            scalars = {k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)}
+            writer.write_hparams(scalars)
+        calibrated_at = None
+        replicated = sharding.replicated(mesh)
+
+        def calibrate(step: int) -> None:
+            """Recomputes the model's calibration (if it has one) from data, once per step."""
+            nonlocal calibrated_at
+            if calibration_pass is not None and calibrated_at != step:
+                state["model"] = calibration_pass(state["model"], step)
+                calibrated_at = step
+
+        def evaluate(step: int, final: bool = False) -> dict[str, float]:
+            calibrate(step)
+            results = evaluators.run_all(evals, model_graphdef, state["model"], step)
+            writer.write_scalars(step, results)
+            pictures = {
+                name: summaries.image_grid(grid)
+                for name, grid in summarize(state["model"], summary_batch, step).items()
+            }
+            writer.write_images(step, pictures)
+            if final and is_chief:  # The last pictures also go to workdir/images.
+                images = workdir / workdir_lib.IMAGES_DIR
+                images.mkdir(parents=True, exist_ok=True)
+                for name, picture in pictures.items():
+                    workdir_lib.save_png(images / f"{name}.png", picture[0])
+            logging.info("step %d: %s", step, results)
+            return results
+
+        # ------------------------------------------------------------------- train loop
+        total = config.total_steps
         with preemption.StopRequests() as stop:
             hooks = writers.hooks(config, str(workdir), writer, is_chief)
             metrics = jax.device_put(TrainMetrics.empty(), replicated)
@@ -264,10 +306,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 workdir_lib.write_json(
                     workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
                 )
-    finally:  # Also on errors: finish the checkpoint being written and flush the logs.
+        return results
+    finally:  # Also on errors: finish the checkpoint being written, flush the logs, unlock.
         ckpts.close()
-        writer.close()
-    return results
+        if writer is not None:
+            writer.close()
+        lock.release()
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -55,3 +55,66 @@ def save_png(file: epath.Path, picture: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buffer, "PNG")
     file.write_bytes(buffer.getvalue())
+
+
+HOLDER_FILE = ".jvision_lock.json"
+
+
+class Lock:
+    """One training process per workdir: an advisory `flock` on the workdir directory itself.
+
+    The OS releases it when the holder exits or dies (kill -9 included), so it never goes stale.
+    While held, `HOLDER_FILE` names the holder (pid, host, start) for the one-line refusal; it is
+    written only once the run has passed its checks, and removed at exit. Local disks and NFSv4
+    enforce it across hosts; on a bucket (`gs://`) nothing can: there, make sure one job writes a
+    workdir (the launch scripts run one job per workdir).
+    """
+
+    def __init__(self, root: epath.Path):
+        self.root = root
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Takes the lock (creating the workdir if needed); `UserError` if another run holds it."""
+        import fcntl
+        import logging
+
+        from jvision.errors import UserError
+
+        if is_uri(self.root):
+            logging.warning("no lock on %s: buckets cannot be locked", self.root)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise UserError(
+                f"{self.root} is in use by another run ({self._holder()}); wait for it to finish, "
+                "stop it (SIGTERM saves a checkpoint), or use another --workdir"
+            ) from None
+        self._descriptor = descriptor
+
+    def _holder(self) -> str:
+        try:
+            holder = read_json(self.root / HOLDER_FILE)
+            return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+        except (OSError, ValueError, KeyError):
+            return "starting up"
+
+    def announce(self) -> None:
+        """Records who holds the lock (after the run's checks, so refused runs write nothing)."""
+        import datetime
+        import socket
+
+        if self._descriptor is not None:
+            since = datetime.datetime.now().isoformat(timespec="seconds")
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+            write_json(self.root / HOLDER_FILE, holder)
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            (self.root / HOLDER_FILE).unlink(missing_ok=True)
+            os.close(self._descriptor)  # Closing the descriptor drops the flock.
+            self._descriptor = None

@@ -73,20 +73,10 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
     assert checkpoint.load_model(str(tmp_path))[1]["step"] == 4
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    train.train_and_evaluate(_tiny(), str(tmp_path))
-    state_dir = tmp_path / "checkpoints" / "4" / "model"
-    for path in state_dir.rglob("*"):
-        if path.is_file():
-            path.write_bytes(b"garbage")
-    with pytest.raises(UserError, match="checkpoint .*/4 (is unreadable|does not fit)"):
-        train.train_and_evaluate(_tiny(total_steps=6), str(tmp_path))
-
-
 def test_nan_loss_stops_without_saving_it(tmp_path):
     train.train_and_evaluate(_tiny(total_steps=2), str(tmp_path))
     config = _tiny(total_steps=6)
-    config.optimizer.learning_rate = float("nan")
+    config.optimizer.learning_rate = 1e30  # Adam's steps of ~lr overflow the parameters.
     with pytest.raises(UserError, match="became non-finite by step 4.*last good checkpoint is"):
         train.train_and_evaluate(config, str(tmp_path))
     assert checkpoint.load_model(str(tmp_path))[1]["step"] == 2

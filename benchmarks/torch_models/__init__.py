@@ -22,7 +22,7 @@ draws its own with torch (`model.sample_noise(batch_size)`), which is what a ben
 The SSD has no noise. Nothing here sets torch's thread count: the benchmark decides.
 """
 
-from . import draw, patchvae, ssd, transfer, vae
+from . import draw, encoding_detector, patchvae, ssd, transfer, vae
 from ._common import (
     jvision_to_torch,
     load_jvision_weights,
@@ -33,7 +33,14 @@ from ._common import (
     train_step,
 )
 
-FAMILIES = {"vae": vae, "draw": draw, "ssd": ssd, "patchvae": patchvae, "transfer": transfer}
+FAMILIES = {
+    "vae": vae,
+    "draw": draw,
+    "ssd": ssd,
+    "patchvae": patchvae,
+    "transfer": transfer,
+    "encoding_detector": encoding_detector,
+}
 # The configs the twins are written for (any config of these families works).
 CONFIGS = {
     "vae_mnist": vae,
@@ -42,6 +49,7 @@ CONFIGS = {
     "ssd_mnist": ssd,
     "patchvae_mnist": patchvae,
     "transfer_mnist": transfer,
+    "encoding_detector_mnist": encoding_detector,
 }
 
 __all__ = [

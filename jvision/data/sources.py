@@ -84,7 +84,9 @@ def _prepare_once(path: str, directory: str) -> tfds.core.DatasetBuilder:
     import fcntl
 
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".jvision_prepare.lock"), "w") as lock:
+    # One lock per dataset: preparing one may prepare another first (scenes need their digits).
+    name = path.rpartition(":")[2].replace("/", "_")
+    with open(os.path.join(directory, f".jvision_prepare_{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         builder = own_builder(path, directory)  # Prepared meanwhile by another process?
         if not builder.is_prepared():

@@ -7,8 +7,12 @@ xmin, ymax, xmax), `labels` [M], -1 padding), one triplet is:
   (side = 2·max(height, width)), resized to `search_size`²;
 - an **exemplar**: another object of the same class from another scene, its box's square window
   (side = max(height, width)), resized to `exemplar_size`²;
-- a **negative search crop**: a window of the positive's side at a uniform random place in a random
-  scene, touching no object of that class (other classes allowed: that teaches discrimination);
+  (pytlib's scale normalisation: each object fills the exemplar. With `window_px` > 0 the windows
+  have a fixed side instead, `window_px` and twice that, so objects keep the scale they have in
+  the scenes, where detection runs at the scenes' own scale);
+- a **negative search crop**: a window of the positive's side centred on an object of another
+  class in a random scene, touching no object of the exemplar's class (that teaches the classes
+  apart; pytlib's uniform windows mostly show background);
 - **targets** on the response grid: cell (i, j) is 1 when the centre of the exemplar-sized window
   it compares lies inside a box of the class (in the positive crop), else 0; all zeros for the
   negative.
@@ -28,11 +32,14 @@ import numpy as np
 from jvision.ops import correlation
 
 
-def square_window(box_px: np.ndarray, enlarge: float) -> tuple[float, float, float]:
-    """The square window centred on a box [4] (pixels), side enlarge·max(height, width):
-    (top, left, side)."""
+def square_window(
+    box_px: np.ndarray, enlarge: float, fixed_side: float = 0
+) -> tuple[float, float, float]:
+    """The square window centred on a box [4] (pixels): (top, left, side). Its side is
+    enlarge·max(height, width) (the object's scale, normalised by the resize that follows), or
+    enlarge·fixed_side when that is given (the scene's own scale kept)."""
     y0, x0, y1, x1 = box_px
-    side = enlarge * max(y1 - y0, x1 - x0)
+    side = enlarge * (fixed_side or max(y1 - y0, x1 - x0))
     return (y0 + y1) / 2 - side / 2, (x0 + x1) / 2 - side / 2, side
 
 
@@ -97,6 +104,7 @@ class Triplets:
         self.source = source
         self.exemplar_size = settings.exemplar_size
         self.search_size = settings.search_size
+        self.window_px = settings.get("window_px", 0)
         self.centres = correlation.response_centres(
             self.search_size, self.exemplar_size, tuple(settings.strides)
         )
@@ -122,7 +130,7 @@ class Triplets:
         chosen = rng.integers(len(boxes))
         kind = int(labels[chosen])
 
-        top, left, side = square_window(boxes[chosen], 2.0)
+        top, left, side = square_window(boxes[chosen], 2.0, self.window_px)
         positive = crop(scene["image"], top, left, side, self.search_size)
         same = to_window(boxes[labels == kind], top, left, side, self.search_size)
         target = cell_labels(same, self.centres)
@@ -132,7 +140,7 @@ class Triplets:
         other_boxes, _ = _objects(self.source[other_scene])
         exemplar = crop(
             self.source[other_scene]["image"],
-            *square_window(other_boxes[other_object], 1.0),
+            *square_window(other_boxes[other_object], 1.0, self.window_px),
             self.exemplar_size,
         )
         return {
@@ -144,14 +152,21 @@ class Triplets:
         }
 
     def _negative(self, kind: int, side: float, rng: np.random.Generator) -> np.ndarray:
-        """A window of `side` at a uniform place in a random scene, touching no object of `kind`
-        (pytlib drew up to 10 windows; after NEGATIVE_TRIES, an empty window)."""
+        """A window of `side` in a random scene, touching no object of `kind`: centred on an
+        object of another class when the scene has one (what teaches the classes apart; windows
+        at uniform places mostly show background and teach only "object or not"), else at a
+        uniform place. pytlib drew up to 10 uniform windows; after NEGATIVE_TRIES, an empty one."""
         for _ in range(self.NEGATIVE_TRIES):
             scene = self.source[int(rng.integers(len(self.source)))]
             boxes, labels = _objects(scene)
-            height, width = scene["image"].shape[:2]
-            top = rng.uniform(0, height) - side / 2
-            left = rng.uniform(0, width) - side / 2
+            others = boxes[labels != kind]
+            if len(others):
+                y0, x0, y1, x1 = others[rng.integers(len(others))]
+                centre_y, centre_x = (y0 + y1) / 2, (x0 + x1) / 2
+            else:
+                height, width = scene["image"].shape[:2]
+                centre_y, centre_x = rng.uniform(0, height), rng.uniform(0, width)
+            top, left = centre_y - side / 2, centre_x - side / 2
             if not _intersects(boxes[labels == kind], top, left, side):
                 return crop(scene["image"], top, left, side, self.search_size)
         channels = scene["image"].shape[-1]
@@ -165,6 +180,7 @@ class Exemplars:
     def __init__(self, source, settings):
         self.source = source
         self.exemplar_size = settings.exemplar_size
+        self.window_px = settings.get("window_px", 0)
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         del rng  # Deterministic.
@@ -175,7 +191,8 @@ class Exemplars:
         crops = np.zeros((slots, self.exemplar_size, self.exemplar_size, channels), np.uint8)
         padded = np.full((slots,), -1, np.int32)
         for slot, (box, label) in enumerate(zip(boxes, labels, strict=True)):
-            crops[slot] = crop(scene["image"], *square_window(box, 1.0), self.exemplar_size)
+            window = square_window(box, 1.0, self.window_px)
+            crops[slot] = crop(scene["image"], *window, self.exemplar_size)
             padded[slot] = label
         return {"exemplars": crops, "exemplar_labels": padded}
 
