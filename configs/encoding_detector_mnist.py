@@ -1,22 +1,30 @@
 """pytlib's encoding detector on MNIST scenes: every digit class is a class (offline default).
 
 Training triplets come from the `mnist_detection` train scenes (`jvision/data/triplets.py`): a
-positive search crop (a digit's box ×2, square, resized to 46²), an exemplar of the same digit
-from another scene (its box's square, resized to 23²), and a negative crop of the positive's size
-from a scene without that digit; targets mark the response cells whose window centre lies inside
-a digit of the class. After training, the class exemplar bank (mean exemplar map per digit over
-every training digit) is correlated over whole 32×32 test scenes: heat maps → peaks → boxes →
-VOC07 mAP on the same 2,500 test scenes as the SSD.
+positive search window of 46 scene pixels centred on a digit, an exemplar window of 23 px centred
+on a digit of the same class in another scene, and a negative 46 px window centred on a digit of
+another class (touching none of the exemplar's class); targets mark the response cells whose
+window centre lies inside a digit of the class. After training, the class exemplar bank (mean
+exemplar map per digit over every training digit) is correlated over whole 32×32 test scenes:
+heat maps → peaks → boxes → VOC07 mAP on the same 2,500 test scenes as the SSD.
 
 Sizes, scaled from pytlib's (127/255 px, strides 2,1,2,2,1 → 12² and 28² maps, 17² responses) to
-digits of 15-27 px in 32 px scenes: exemplar 23 px (about a digit), search 46 px (×2, as
-pytlib), 4 convs of strides 2,1,1,1 (jump 2 px, a 23 px window per cell: the exemplar) → a 5×5
-exemplar map, a 20×20 search map and 12×12 responses; a scene padded by 11 px gives a 16×16 heat
-map with one cell every 2 px. Widths 16, 32, 64, 128 (pytlib's first four); latent 32 (pytlib
-128 for 100 px cars). Adam 1e-4 as pytlib, batch 32.
+digits of 10-27 px in 32 px scenes: exemplar 23 px (about a digit), search 46 px (×2, as pytlib),
+4 convs of strides 2,1,1,1 (jump 2 px, a 23 px window per cell: the exemplar) → a 5×5 exemplar
+map, a 20×20 search map and 12×12 responses; a scene padded by 11 px gives a 16×16 heat map with
+one cell every 2 px. Widths 16, 32, 64, 128 (pytlib's first four); latent 32 (pytlib 128 for
+100 px cars); batch 32. Changed from pytlib, each because it was measured not to work here (see
+the model's docstring and the README): windows of a fixed size in scene pixels (pytlib scaled
+each object to fill the exemplar), GroupNorm (pytlib: BatchNorm), a learned gain and bias on the
+responses, negatives centred on other classes (pytlib: uniform windows), Adam 1e-3 (pytlib 1e-4).
 
 Command:
     python -m jvision.main --config=configs/encoding_detector_mnist.py --workdir=workdirs/encoding_detector_mnist
+
+Result (2026-11-23, NVIDIA H100, 2 min 21 s wall, input-bound at ~50 steps/s by the triplet
+maker): test/mAP 0.4506 after 6,000 steps (0.195 / 0.361 at 2,000 / 4,000: still rising); AP 0:
+0.486, 1: 0.546, 2: 0.321, 3: 0.341, 4: 0.533, 5: 0.404, 6: 0.576, 7: 0.479, 8: 0.402, 9: 0.419.
+The SSD reaches 0.90 on the same scenes (README). On the 2-core CPU a step takes ~0.2 s.
 """
 
 from jvision import config_lib

@@ -230,45 +230,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise UserError(f"--workdir {workdir}: {error.strerror or error}") from error
     saved_step = step if step else None
     writer = None
-    try:
-        # ------------------------------------------------------------------- outputs
-        if is_chief:  # The run passed every check: now it may write.
-            lock.announce()
-            workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-        writer = writers.create(str(workdir), is_chief)
-        if not step:
-            scalars = {k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)}
-            writer.write_hparams(scalars)
-        calibrated_at = None
-        replicated = sharding.replicated(mesh)
+    # Signals stop the run at a step boundary, also while it cleans up (then a second Ctrl-C
+    # exits at once).
+    with preemption.StopRequests() as stop:
+        try:
+            # ------------------------------------------------------------------- outputs
+            if is_chief:  # The run passed every check: now it may write.
+                lock.announce()
+                workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+            writer = writers.create(str(workdir), is_chief)
+            if not step:
+                scalars = {k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)}
+                writer.write_hparams(scalars)
+            calibrated_at = None
+            replicated = sharding.replicated(mesh)
 
-        def calibrate(step: int) -> None:
-            """Recomputes the model's calibration (if it has one) from data, once per step."""
-            nonlocal calibrated_at
-            if calibration_pass is not None and calibrated_at != step:
-                state["model"] = calibration_pass(state["model"], step)
-                calibrated_at = step
+            def calibrate(step: int) -> None:
+                """Recomputes the model's calibration (if it has one) from data, once per step."""
+                nonlocal calibrated_at
+                if calibration_pass is not None and calibrated_at != step:
+                    state["model"] = calibration_pass(state["model"], step)
+                    calibrated_at = step
 
-        def evaluate(step: int, final: bool = False) -> dict[str, float]:
-            calibrate(step)
-            results = evaluators.run_all(evals, model_graphdef, state["model"], step)
-            writer.write_scalars(step, results)
-            pictures = {
-                name: summaries.image_grid(grid)
-                for name, grid in summarize(state["model"], summary_batch, step).items()
-            }
-            writer.write_images(step, pictures)
-            if final and is_chief:  # The last pictures also go to workdir/images.
-                images = workdir / workdir_lib.IMAGES_DIR
-                images.mkdir(parents=True, exist_ok=True)
-                for name, picture in pictures.items():
-                    workdir_lib.save_png(images / f"{name}.png", picture[0])
-            logging.info("step %d: %s", step, results)
-            return results
+            def evaluate(step: int, final: bool = False) -> dict[str, float]:
+                calibrate(step)
+                results = evaluators.run_all(evals, model_graphdef, state["model"], step)
+                writer.write_scalars(step, results)
+                pictures = {
+                    name: summaries.image_grid(grid)
+                    for name, grid in summarize(state["model"], summary_batch, step).items()
+                }
+                writer.write_images(step, pictures)
+                if final and is_chief:  # The last pictures also go to workdir/images.
+                    images = workdir / workdir_lib.IMAGES_DIR
+                    images.mkdir(parents=True, exist_ok=True)
+                    for name, picture in pictures.items():
+                        workdir_lib.save_png(images / f"{name}.png", picture[0])
+                logging.info("step %d: %s", step, results)
+                return results
 
-        # ------------------------------------------------------------------- train loop
-        total = config.total_steps
-        with preemption.StopRequests() as stop:
+            # ------------------------------------------------------------------- train loop
+            total = config.total_steps
             hooks = writers.hooks(config, str(workdir), writer, is_chief)
             metrics = jax.device_put(TrainMetrics.empty(), replicated)
             while True:
@@ -306,12 +308,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 workdir_lib.write_json(
                     workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
                 )
-        return results
-    finally:  # Also on errors: finish the checkpoint being written, flush the logs, unlock.
-        ckpts.close()
-        if writer is not None:
-            writer.close()
-        lock.release()
+            return results
+        finally:  # Also on errors: finish the checkpoint being written, flush the logs, unlock.
+            ckpts.close()
+            if writer is not None:
+                writer.close()
+            lock.release()
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from jvision import evaluate, summaries
+from jvision import checkpoint, evaluate, summaries
+from jvision import workdir as workdir_lib
 from jvision.errors import UserError
 
 FAMILIES = [
@@ -96,6 +97,8 @@ def test_no_checkpoint_and_unknown_model(tmp_path, tiny_run):
     for meta in (workdir / "checkpoints").glob("*/meta/*"):
         if meta.is_file() and '"model"' in meta.read_text():
             meta.write_text(meta.read_text().replace('"name": "vae"', '"name": "vqvae"'))
+    for step_dir in (workdir / "checkpoints").iterdir():  # Intact, as such a version wrote it.
+        checkpoint.seal(workdir_lib.path(step_dir))
     with pytest.raises(UserError, match="unknown model.name 'vqvae'"):
         evaluate.load(workdir)
 
