@@ -18,4 +18,6 @@ setup(
     packages=find_packages(include=["jvision", "jvision.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
+    # `pip install -e .[bench]`: the PyTorch twins behind benchmarks/compare.py.
+    extras_require={"bench": ["torch==2.13.0"]},
 )

@@ -189,7 +189,6 @@ def test_sigterm_from_outside_exits_75_with_one_line(tmp_path):
     assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
 
 
-
 def test_a_second_ctrl_c_exits_at_once():
     """While a stop is under way (a save, an evaluation), a second Ctrl-C ends the process."""
     script = (

@@ -51,7 +51,7 @@ from flax import nnx
 from jvision import summaries
 from jvision.errors import UserError
 from jvision.ops import boxes as box_ops
-from jvision.ops import correlation, distributions
+from jvision.ops import conv_transpose, correlation, distributions
 
 HEAT_COLOR = (1.0, 0.2, 0.1)
 
@@ -117,7 +117,7 @@ class Decoder(nnx.Module):
             extra = sizes[index] - produced  # 0 or 1.
             padding = ((2, 2 + extra), (2, 2 + extra))
             layers.append(
-                nnx.ConvTranspose(
+                conv_transpose.ConvTranspose(
                     widths[index],
                     couts[index],
                     (3, 3),
