@@ -159,3 +159,16 @@ def test_top_n_sum_matches_sorting_and_its_gradient_selects_the_top():
     grad = np.asarray(jax.grad(lambda v: ssd.top_n_sum(v, 37))(jnp.asarray(values)))
     top = np.argsort(-values)[:37]
     assert grad[top].min() == 1 and grad.sum() == 37
+
+
+def test_a_scene_without_objects_has_a_finite_loss():
+    model = _model()
+    batch = _batch(2)
+    batch["labels"][1] = -1  # The second scene is empty.
+    offsets, logits = model(batch["image"])
+    terms = model.loss_terms(offsets, logits, batch["boxes"], batch["labels"])
+    assert all(np.isfinite(float(v)) for v in terms.values())
+    grads = jax.grad(
+        lambda o: model.loss_terms(o, logits, batch["boxes"], batch["labels"])["loss"]
+    )(offsets)
+    assert np.isfinite(np.asarray(grads)).all()

@@ -274,7 +274,9 @@ def multibox_loss(
     num_positives = jnp.maximum(positive.sum(), 1)
 
     targets = box_ops.encode(matched_boxes, priors[None], variances)
-    box_loss = jnp.sum(jnp.abs(offsets - targets) * positive[..., None]) / (4 * num_positives)
+    # Priors matched to nothing encode a padding box (log 0 = -inf): mask before, not after.
+    errors = jnp.where(positive[..., None], jnp.abs(offsets - targets), 0.0)
+    box_loss = jnp.sum(errors) / (4 * num_positives)
 
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, classes)
     # Hard negatives: the largest losses among negatives over the whole batch.
