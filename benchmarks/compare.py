@@ -590,6 +590,11 @@ def _ratio(result, name) -> str:
     return f"{result[f'{name}_ms'] / result['jvision_ms']:.2f}×"
 
 
+def _times(value: float) -> str:
+    """`47×`, `1.1×`, `0.24×`: two significant digits below 10 (a stall must not read as 0×)."""
+    return f"{value:.0f}×" if value >= 10 else f"{value:.2g}×"
+
+
 def _mib(value) -> str:
     return "—" if value is None else f"{value / 2**20:.1f}"
 
@@ -640,7 +645,7 @@ def table(results, peak_gflops) -> list[str]:
                 ]
             ),
             f"{r['pipeline_batches_per_s']:,.0f} vs {r['step_batches_per_s']:,.0f} "
-            f"({r['pipeline_batches_per_s'] / r['step_batches_per_s']:.0f}×)",
+            f"({_times(r['pipeline_batches_per_s'] / r['step_batches_per_s'])})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -16,12 +16,14 @@ batch 64 (101.26 reconstruction + 24.95 KL), still falling fast: the read window
 the image borders (δ̃ = 1 at initialisation) and takes ~1,000 steps to find the digits. Raise
 `total_steps` for the paper's regime: on an NVIDIA H100 (`experiments/claims.sh draw ROOT 26000`)
 test/nelbo_nats reached 95.72 at 12,000 steps and 97.73 at 17,530 (without attention: 98.33 at
-26,000). Train step 257-280 ms (the host's speed drifts),
-compile 3.5 s (`python benchmarks/step_time.py --config=configs/draw_mnist.py`).
+26,000). Train step 257-280 ms on 2026-11-22 (the host's speed drifts), compile 3.5 s
+(`python benchmarks/step_time.py --config=configs/draw_mnist.py`); 157.7 ms in
+`python benchmarks/compare.py` on 2026-11-23 (README, Speed).
 
 Speed option: `--config.model.matmul_dtype=bfloat16` rounds the dense layers' matmul operands to
 bfloat16 (float32 accumulation, forward and backward; `jvision/ops/precision.py`), what a TPU does
-by default: 269 ms per step where float32 took 280 ms, on this CPU with AMX/AVX512-BF16.
+by default: 269 ms per step where float32 took 280 ms (2026-11-22, back to back, on this
+project's AMD EPYC: AVX512-BF16, no AMX).
 """
 
 from jvision import config_lib

@@ -9,7 +9,8 @@ Command:
     python -m jvision.main --config=configs/draw_mnist_small.py --workdir=workdirs/draw_mnist_small
 
 Result (2026-11-22, 2-core CPU, 1 min 59 s wall): test/nelbo_nats = 114.91 after 5,000 steps of
-batch 32 (90.71 reconstruction + 24.21 KL). 17 ms per train step.
+batch 32 (90.71 reconstruction + 24.21 KL). 17 ms per train step then; 8.10 ms in
+`python benchmarks/compare.py` on 2026-11-23 (README, Speed).
 """
 
 import os

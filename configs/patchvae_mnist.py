@@ -4,8 +4,8 @@ pretraining stage; `--config.model.kind=vae` trains the matched β-VAE baseline)
 Model: ResNet-18 trunk truncated at stride 4 (28×28 digits -> a 7×7 grid of 64 channels), P = 8
 parts of L = 4 appearance dims (the baseline: one 32-dim Gaussian), pyramid decoder with ngf 32,
 β_app = 1, β_occ = 10, occurrence prior 1/P, temperature 1 → 0.1 on the authors' schedule,
-Adam (lr 1e-4, β1 0.5). The paper's sizes are in the CIFAR-100 and ImageNet configs to come with
-the transfer protocol; these are shrunk for 28×28 grayscale digits and a 2-core CPU.
+Adam (lr 1e-4, β1 0.5). The paper's sizes are in `configs/patchvae_cifar100.py` and
+`configs/patchvae_imagenet.py`; these are shrunk for 28×28 grayscale digits and a 2-core CPU.
 
 Command:
     python -m jvision.main --config=configs/patchvae_mnist.py --workdir=workdirs/patchvae_mnist

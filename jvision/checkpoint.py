@@ -45,6 +45,26 @@ def model_config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
+def _flat_items(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_items(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_changes(saved: dict, current: dict) -> list[str]:
+    """`key: old -> new` for every setting (outside `model`) that a resumed run changes."""
+    old, new = (_flat_items({k: v for k, v in c.items() if k != "model"}) for c in (saved, current))
+    return [
+        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, "(absent)") != new.get(k, "(absent)")
+    ]
+
+
 CHECKSUMS_FILE = "jvision_checksums.json"
 DAMAGED_DIR = "checkpoints_damaged"
 # Orbax writes these when it commits a checkpoint, after the checksums are taken.
@@ -223,6 +243,9 @@ class Checkpoints:
                     self.workdir / DAMAGED_DIR,
                 )
             logging.info("restored %s", where)
+            changes = settings_changes(meta["meta"]["config"], _as_json(config.to_dict()))
+            if changes:  # Allowed (more steps, another eval split), but never silent.
+                logging.warning("resuming with settings changed since: %s", "; ".join(changes))
             return state, step
         if skipped:
             raise UserError(

@@ -298,8 +298,8 @@ cmd_setup() {
   install+=" || { echo 'jvision needs Python >= 3.11: set --python' >&2; exit 1; }"
   install+="; $remote_python -m venv $REMOTE_VENV; fi"
   install+="; . $REMOTE_VENV/bin/activate"
-  install+="; pip install -q -r requirements.txt -e ."
-  install+="; pip install -q 'jax[tpu]'"
+  # One resolve, so jax[tpu] keeps requirements.txt's jax pin.
+  install+="; pip install -q -r requirements.txt -e . 'jax[tpu]'"
   tpus tpu-vm ssh "$name" --worker=all --command "$install"
   echo "$PROG: jvision installed on every worker of $name ($REMOTE_DIR, venv $REMOTE_VENV)"
 }

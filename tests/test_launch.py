@@ -331,7 +331,7 @@ def test_setup_copies_the_checkout_and_installs_on_all_workers(fake):
         " python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'"
         " || { echo 'jvision needs Python >= 3.11: set --python' >&2; exit 1; };"
         " python3 -m venv ~/jvision_venv; fi; . ~/jvision_venv/bin/activate;"
-        " pip install -q -r requirements.txt -e .; pip install -q 'jax[tpu]'"
+        " pip install -q -r requirements.txt -e . 'jax[tpu]'"
     )
     assert install["argv"] == [*ssh("all", command), *WHERE, "--quiet"]
 
@@ -373,10 +373,8 @@ def test_setup_remote_command_creates_the_venv_once(fake):
     assert trace.read_text().splitlines() == [
         "python3 -c import sys; sys.exit(sys.version_info < (3, 11))",
         f"python3 -m venv {home}/jvision_venv",
-        "pip install -q -r requirements.txt -e .",
-        "pip install -q jax[tpu]",
-        "pip install -q -r requirements.txt -e .",
-        "pip install -q jax[tpu]",
+        "pip install -q -r requirements.txt -e . jax[tpu]",
+        "pip install -q -r requirements.txt -e . jax[tpu]",
     ]
 
 

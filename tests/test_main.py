@@ -45,7 +45,16 @@ def test_tiny_vae_trains_logs_and_resumes(tmp_path):
     again = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from step 4" in again.stderr
+    assert "settings changed" not in again.stderr
     assert json.load(open(os.path.join(workdir, "results.json"))) == results
+
+    # Changed settings are allowed on resume, and named.
+    longer = run_main(
+        "--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}", "--config.total_steps=6"
+    )
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "resuming with settings changed since: total_steps: 4 -> 6" in longer.stderr
+    assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 6
 
 
 @pytest.mark.parametrize(
