@@ -261,6 +261,12 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        # Orbax starts its removal of unfinished saves in a thread at construction and waits for
+        # it only in `save`: a run refused before any save must still let it end, or the
+        # interpreter's shutdown interrupts it with a traceback (orbax-checkpoint 0.12.8).
+        await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
         self.manager.close()
 
 

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
     config.optimizer.weight_decay = 0.0
+    # >0: scale the gradient down to this global norm when it is larger, before weight decay
+    # (as torch.nn.utils.clip_grad_norm_ before optimizer.step()); 0: no clipping.
+    config.optimizer.clip_norm = 0.0
     # Piecewise-constant decay: multiply the rate by `decay_factor` at each of these steps.
     config.optimizer.decay_steps = ()
     config.optimizer.decay_factor = 0.1
@@ -206,12 +209,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check(integer(key) and config[key] > 0, key, "use 1 or more (steps between actions)")
     for key in ("num_summary_images", "profile_steps", "profile_first_step"):
         check(integer(key) and config[key] >= 0, key, "use 0 or more")
-    rate = config.optimizer.learning_rate
-    check(
-        isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0,
-        "optimizer.learning_rate",
-        "use a finite rate of 0 or more",
-    )
+    for key in ("learning_rate", "clip_norm"):
+        value = config.optimizer.get(key, 0.0)
+        check(
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+            f"optimizer.{key}",
+            "use a finite value of 0 or more",
+        )
 
 
 def _lookup(config: ml_collections.ConfigDict, key: str):

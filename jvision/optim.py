@@ -24,7 +24,8 @@ def make(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
         update = optax.scale_by_adam(b1=opt.b1, b2=opt.b2)
     else:
         update = optax.trace(decay=opt.get("momentum", 0.0))
-    chain = [*decay, update, optax.scale_by_learning_rate(learning_rate_schedule(opt))]
+    clip = [optax.clip_by_global_norm(opt.clip_norm)] if opt.get("clip_norm", 0.0) else []
+    chain = [*clip, *decay, update, optax.scale_by_learning_rate(learning_rate_schedule(opt))]
     if opt.get("bias_lr_multiplier", 1.0) != 1.0:  # E.g. the SSD tutorial's biases at 2× rate.
         chain.append(optax.masked(optax.scale(opt.bias_lr_multiplier), _is_bias))
     return optax.chain(*chain)

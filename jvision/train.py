@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from clu import metrics as clu_metrics
 from clu import parameter_overview
 from flax import nnx
@@ -118,7 +119,8 @@ def make_train_step(
         return family.train_loss(model, batch, key, jnp.int32(0))
 
     _, term_shapes = jax.eval_shape(loss_and_terms, layout.shapes["model"], batch_spec, base_key)
-    metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes]))
+    # grad_norm: the global norm of the gradient before any clipping (`optimizer.clip_norm`).
+    metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes, "grad_norm"]))
 
     def train_step(state, metrics, batch, step):
         model = nnx.merge(graphdefs["model"], state["model"])
@@ -128,7 +130,9 @@ def make_train_step(
         grad_fn = nnx.value_and_grad(family.train_loss, argnums=trainable, has_aux=True)
         (loss, terms), grads = grad_fn(model, batch, key, step)
         optimizer.update(model, grads)
-        new_metrics = metrics_class.single_from_model_output(**{"loss": loss, **terms})
+        new_metrics = metrics_class.single_from_model_output(
+            **{"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
+        )
         return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, metrics.merge(new_metrics)
 
     replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -158,6 +162,7 @@ def _open_workdir(workdir, config, state, train_data):
         raise UserError(f"--workdir {workdir} is a file, not a directory")
     existed = workdir.exists()
     lock = workdir_lib.Lock(workdir)
+    ckpts = None
     try:
         if jax.process_index() == 0:  # One lock per run: on process 0.
             lock.acquire()
@@ -177,6 +182,8 @@ def _open_workdir(workdir, config, state, train_data):
             checkpoint.initialise_from(state["model"], config.init_from, config.model)
         return lock, ckpts, state, 0
     except BaseException:
+        if ckpts is not None:  # Orbax's background threads must end before the interpreter.
+            ckpts.close()
         lock.release()
         if not existed and workdir.exists() and not any(workdir.iterdir()):
             workdir.rmdir()

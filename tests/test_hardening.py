@@ -258,7 +258,8 @@ BAD_INPUTS = [
     ("negative seed", ["--config.seed=-5"], "seed=-5: use 0 to 4294967295", "new"),
     ("negative steps", ["--config.total_steps=-1"], "total_steps=-1: use 0 or more", "new"),
     ("zero period", ["--config.ckpt_every_steps=0"], "ckpt_every_steps=0: use 1 or more", "new"),
-    ("negative rate", ["--config.optimizer.learning_rate=-1"], "use a finite rate", "new"),
+    ("negative rate", ["--config.optimizer.learning_rate=-1"], "use a finite value", "new"),
+    ("negative clip", ["--config.optimizer.clip_norm=-1.0"], "clip_norm=-1.0", "new"),
     ("unknown key", ["--config.no_such_key=1"], "unknown config key 'no_such_key'", "new"),
     ("unknown model", ["--config.model.name=vqvae"], "unknown model.name 'vqvae'", "new"),
     ("indivisible batch", ["--config.batch_size=12"], "not divisible by 8 devices", "new"),
@@ -382,6 +383,35 @@ def test_sgd_with_momentum_matches_torch_conventions():
         velocity = 0.9 * velocity + (grad + 0.1 * expected)  # torch.optim.SGD(dampening=0).
         expected -= 0.1 * velocity
         np.testing.assert_allclose(params["w"], [expected], rtol=1e-6)
+
+
+def test_clipping_scales_the_gradient_to_the_global_norm_before_decay():
+    import ml_collections
+
+    from jvision import optim
+
+    settings = ml_collections.ConfigDict(
+        {
+            "name": "sgd",
+            "learning_rate": 1.0,
+            "weight_decay": 0.5,
+            "clip_norm": 2.0,
+            "decay_steps": (),
+            "decay_factor": 0.1,
+        }
+    )
+    params = {"a": np.array([1.0, 0.0]), "b": np.array([2.0])}
+    transform = optim.make(settings)
+    state = transform.init(params)
+    large = {"a": np.array([3.0, 0.0]), "b": np.array([4.0])}
+    small = {"a": np.zeros(2), "b": np.array([1.0])}
+    for grads in (large, small):
+        norm = np.sqrt(sum(np.sum(np.square(g)) for g in grads.values()))
+        factor = min(1.0, 2.0 / norm)  # |g| = 5 → scaled to 2; |g| = 1 → unchanged.
+        updates, state = transform.update(grads, state, params)
+        for k in params:  # torch: clip_grad_norm_, then SGD adds the decay to the clipped gradient.
+            expected = -(factor * np.asarray(grads[k]) + 0.5 * params[k])
+            np.testing.assert_allclose(np.asarray(updates[k]), expected, rtol=1e-6)
 
 
 def test_validation_rejects_before_anything_is_written(tmp_path):
