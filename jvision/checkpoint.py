@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from jvision import config_lib
 from jvision import workdir as workdir_lib
 from jvision.errors import UserError
 
@@ -45,19 +46,11 @@ def model_config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
-def _flat_items(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat_items(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def settings_changes(saved: dict, current: dict) -> list[str]:
     """`key: old -> new` for every setting (outside `model`) that a resumed run changes."""
-    old, new = (_flat_items({k: v for k, v in c.items() if k != "model"}) for c in (saved, current))
+    old, new = (
+        config_lib.flatten({k: v for k, v in c.items() if k != "model"}) for c in (saved, current)
+    )
     return [
         f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
         for k in sorted(old.keys() | new.keys())

@@ -218,6 +218,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as `{"optimizer.learning_rate": value, ...}`."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _lookup(config: ml_collections.ConfigDict, key: str):
     node = config
     for part in key.split("."):

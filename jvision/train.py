@@ -247,7 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
             writer = writers.create(str(workdir), is_chief)
             if not step:
-                scalars = {k: v for k, v in _flatten(config.to_dict()).items() if _is_scalar(v)}
+                settings = config_lib.flatten(config.to_dict())
+                scalars = {k: v for k, v in settings.items() if _is_scalar(v)}
                 writer.write_hparams(scalars)
             calibrated_at = None
             replicated = sharding.replicated(mesh)
@@ -321,16 +322,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if writer is not None:
                 writer.close()
             lock.release()
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _is_scalar(value) -> bool:

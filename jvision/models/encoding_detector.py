@@ -268,7 +268,7 @@ def decode(heat: jax.Array, jump: int, image_size: tuple[int, int], settings) ->
     score_threshold, extent_fraction, nms_iou, max_per_class = settings
     height, width = image_size
 
-    def per_class(probabilities):
+    def peaks_and_boxes(probabilities):
         pooled = jax.lax.reduce_window(probabilities, -jnp.inf, jax.lax.max, (3, 3), (1, 1), "SAME")
         peaks = (probabilities >= pooled) & (probabilities > score_threshold)
         scores, flat = jax.lax.top_k(jnp.where(peaks, probabilities, -1.0).ravel(), max_per_class)
@@ -281,18 +281,10 @@ def decode(heat: jax.Array, jump: int, image_size: tuple[int, int], settings) ->
             pixels = jnp.stack([top, left, bottom + 1, right + 1]) * jump - jump / 2
             return jnp.clip(pixels / jnp.array([height, width, height, width]), 0.0, 1.0)
 
-        boxes = jax.vmap(box)(rows, cols, scores)
-        order, keep = box_ops.nms(boxes, scores, nms_iou, score_threshold, max_per_class)
-        return boxes[order], scores[order], keep
+        return jax.vmap(box)(rows, cols, scores), scores
 
-    boxes, scores, keep = jax.vmap(per_class, in_axes=2)(heat)
-    labels = jnp.broadcast_to(jnp.arange(heat.shape[-1])[:, None], keep.shape)
-    return {
-        "boxes": boxes.reshape(-1, 4),
-        "scores": scores.reshape(-1),
-        "labels": labels.reshape(-1),
-        "valid": keep.reshape(-1),
-    }
+    boxes, scores = jax.vmap(peaks_and_boxes, in_axes=2)(heat)  # [K, M, 4], [K, M]
+    return box_ops.per_class_nms(boxes, scores, nms_iou, score_threshold, max_per_class)
 
 
 def predict(model: EncodingDetector, batch, step=None):

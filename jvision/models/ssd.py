@@ -324,18 +324,9 @@ def detect(
     boxes = box_ops.decode(offsets, priors)
     probabilities = jax.nn.softmax(logits, axis=-1)[:, :NUM_DIGITS]  # [P, 10]
 
-    def per_class(scores):
-        order, keep = box_ops.nms(boxes, scores, iou_threshold, score_threshold, max_per_class)
-        return boxes[order], scores[order], keep
-
-    class_boxes, class_scores, keep = jax.vmap(per_class, in_axes=1)(probabilities)
-    labels = jnp.broadcast_to(jnp.arange(NUM_DIGITS)[:, None], keep.shape)
-    return {
-        "boxes": class_boxes.reshape(-1, 4),
-        "scores": class_scores.reshape(-1),
-        "labels": labels.reshape(-1),
-        "valid": keep.reshape(-1),
-    }
+    return box_ops.per_class_nms(
+        boxes, probabilities.T, iou_threshold, score_threshold, max_per_class
+    )
 
 
 def predict(model: Detector, batch, step=None):

@@ -146,3 +146,34 @@ def nms(
 
     keep = jax.lax.fori_loop(0, count, visit, jnp.zeros(count, bool))
     return order, keep
+
+
+def per_class_nms(
+    boxes: jax.Array,
+    scores: jax.Array,
+    iou_threshold: float,
+    score_threshold: float,
+    max_per_class: int,
+) -> dict:
+    """`nms` for each class of one image, as detections in the evaluators' format.
+
+    Args:
+      boxes: [N, 4] shared by the classes, or [K, N, 4] one set per class; scores: [K, N].
+    Returns:
+      boxes [K·M, 4], scores [K·M], labels [K·M] (class k for rows k·M to k·M + M - 1) and
+      valid [K·M], with M = min(max_per_class, N).
+    """
+
+    def one_class(class_boxes, class_scores):
+        order, keep = nms(class_boxes, class_scores, iou_threshold, score_threshold, max_per_class)
+        return class_boxes[order], class_scores[order], keep
+
+    boxes_axis = 0 if boxes.ndim == 3 else None
+    kept_boxes, kept_scores, keep = jax.vmap(one_class, in_axes=(boxes_axis, 0))(boxes, scores)
+    labels = jnp.broadcast_to(jnp.arange(scores.shape[0])[:, None], keep.shape)
+    return {
+        "boxes": kept_boxes.reshape(-1, 4),
+        "scores": kept_scores.reshape(-1),
+        "labels": labels.reshape(-1),
+        "valid": keep.reshape(-1),
+    }
