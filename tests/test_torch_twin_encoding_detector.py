@@ -50,11 +50,11 @@ from flax import nnx  # noqa: E402
 from test_torch_twins import (  # noqa: E402
     LOSS_RTOL,
     assert_grads_close,
+    assert_step_matches,
     build_jvision,
     jax_loss_and_grads,
     max_relative,
     perturb,
-    torch_tree,
 )
 
 from jvision import config_lib, models, optim  # noqa: E402
@@ -161,26 +161,7 @@ def test_twin_matches_jvision(case):
 
     # One Adam step from the same gradients, and the BatchNorm running means it left (three
     # updates per step: exemplar, positive and negative search batches, in jvision's order).
-    torch_grads = torch_tree(twin, nnx.to_pure_dict(grads), "params")
-    for name, parameter in twin.named_parameters():
-        parameter.grad = torch_grads[name].clone()
-    torch_optimizer.step()
-    nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(
-        jax_optimizer, model, grads
-    )
-    state = nnx.to_pure_dict(nnx.state(model))
-    tensors = dict(twin.named_parameters(), **dict(twin.named_buffers()))
-    expected = {**torch_tree(twin, state, "params"), **torch_tree(twin, state, "buffers")}
-    step_diff = 0.0
-    for name, want in expected.items():
-        if name.endswith("running_var"):
-            continue  # Torch averages the unbiased batch variance, Flax the biased one.
-        scale = float(want.abs().max())
-        got = tensors[name].detach()
-        torch.testing.assert_close(
-            got, want, rtol=1e-5, atol=1e-6 + 1e-5 * scale, msg=lambda m, n=name: f"{n}: {m}"
-        )
-        step_diff = max(step_diff, float((got - want).abs().max()) / max(scale, 1e-6))
+    step_diff = assert_step_matches(twin, model, grads, torch_optimizer, jax_optimizer)
 
     next_key = jax.random.fold_in(key, 1)
     next_loss, _, _ = loss_and_grads(model, batch, next_key, 1)

@@ -174,6 +174,38 @@ def assert_grads_close(twin, jax_grads) -> tuple[float, float]:
     return meaningful, noise
 
 
+def assert_step_matches(twin, model, grads, torch_optimizer, jax_optimizer) -> float:
+    """Takes one optimizer step in both frameworks from jvision's gradients `grads`, then checks
+    the parameters and BatchNorm running means they leave. Returns the largest difference
+    relative to its tensor's largest value."""
+    torch_grads = torch_tree(twin, nnx.to_pure_dict(grads), "params")
+    for parameter_name, parameter in twin.named_parameters():
+        if parameter_name in torch_grads:
+            parameter.grad = torch_grads[parameter_name].clone()
+    torch_optimizer.step()
+    nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(
+        jax_optimizer, model, grads
+    )
+    state = nnx.to_pure_dict(nnx.state(model))
+    tensors = dict(twin.named_parameters(), **dict(twin.named_buffers()))
+    expected = {**torch_tree(twin, state, "params"), **torch_tree(twin, state, "buffers")}
+    step_diff = 0.0
+    for tensor_name, want in expected.items():
+        if tensor_name.endswith("running_var"):
+            continue  # Torch averages the unbiased batch variance, Flax the biased one.
+        scale = float(want.abs().max())
+        got = tensors[tensor_name].detach()
+        torch.testing.assert_close(
+            got,
+            want,
+            rtol=1e-5,
+            atol=1e-6 + 1e-5 * scale,
+            msg=lambda m, n=tensor_name: f"{n}: {m}",
+        )
+        step_diff = max(step_diff, float((got - want).abs().max()) / max(scale, 1e-6))
+    return step_diff
+
+
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_twin_matches_jvision(case):
     name, variant, overrides, step = case
@@ -205,31 +237,7 @@ def test_twin_matches_jvision(case):
     grad_diff = assert_grads_close(twin, grads)
 
     # One optimizer step from the same gradients, and the BatchNorm running means it left.
-    torch_grads = torch_tree(twin, nnx.to_pure_dict(grads), "params")
-    for parameter_name, parameter in twin.named_parameters():
-        if parameter_name in torch_grads:
-            parameter.grad = torch_grads[parameter_name].clone()
-    torch_optimizer.step()
-    nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(
-        jax_optimizer, model, grads
-    )
-    state = nnx.to_pure_dict(nnx.state(model))
-    tensors = dict(twin.named_parameters(), **dict(twin.named_buffers()))
-    expected = {**torch_tree(twin, state, "params"), **torch_tree(twin, state, "buffers")}
-    step_diff = 0.0
-    for tensor_name, want in expected.items():
-        if tensor_name.endswith("running_var"):
-            continue  # Torch averages the unbiased batch variance, Flax the biased one.
-        scale = float(want.abs().max())
-        got = tensors[tensor_name].detach()
-        torch.testing.assert_close(
-            got,
-            want,
-            rtol=1e-5,
-            atol=1e-6 + 1e-5 * scale,
-            msg=lambda m, n=tensor_name: f"{n}: {m}",
-        )
-        step_diff = max(step_diff, float((got - want).abs().max()) / max(scale, 1e-6))
+    step_diff = assert_step_matches(twin, model, grads, torch_optimizer, jax_optimizer)
 
     # The next step through `train_step`: its loss is that of the weights after the step above.
     next_key = jax.random.fold_in(key, 1)
