@@ -397,16 +397,13 @@ def compiled_frames() -> int:
 
 def compare_config(spec: str, torch, device, args) -> dict:
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from benchmarks import torch_models as tm
-    from jvision import models, sharding, train
-    from jvision.data import pipeline
+    from benchmarks.jvision_step import compile_step
 
     label = config_label(spec)
     config = load_config(spec)
-    family = models.get(config.model.name)
     result = {"config": label, "model": config.model.name, "batch": config.batch_size}
     gpu = device.type == "cuda"
 
@@ -415,23 +412,15 @@ def compare_config(spec: str, torch, device, args) -> dict:
             torch.cuda.synchronize()
 
     # jvision, as benchmarks/step_time.py.
-    mesh = sharding.make_mesh(config.mesh)
-    data, _ = pipeline.train_data(config)
-    host_batch = next(data)
-    batch = sharding.global_batch(mesh, host_batch)
-    layout, state = train.create_state(config, family, mesh)
-    spec_tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-    step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, spec_tree)
-    metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, metrics, batch, jnp.int32(0)).compile()
-    result["jvision_compile_s"] = time.perf_counter() - start
-    result["flops"] = cost_flops(compiled)
-    result["jvision_memory"] = xla_memory_bytes(compiled)
+    jvision_step = compile_step(config)
+    host_batch, data = jvision_step.host_batch, jvision_step.data
+    result["jvision_compile_s"] = jvision_step.compile_s
+    result["flops"] = cost_flops(jvision_step.compiled)
+    result["jvision_memory"] = xla_memory_bytes(jvision_step.compiled)
 
     # The twin, from jvision's initial weights (before any jvision step: the state is donated).
     model = tm.build(config)
-    tm.load_jvision_weights(model, nnx.to_pure_dict(state["model"]))
+    tm.load_jvision_weights(model, nnx.to_pure_dict(jvision_step.state["model"]))
     compiled_model = copy.deepcopy(model) if not args.no_compile else None
     model.to(device)
     optimizer = tm.make_optimizer(model, config)
@@ -439,13 +428,7 @@ def compare_config(spec: str, torch, device, args) -> dict:
 
     runners = {}
 
-    def run_jvision(first, count):
-        nonlocal state, metrics
-        for step in range(first, first + count):
-            state, metrics = compiled(state, metrics, batch, jnp.int32(step))
-        jax.block_until_ready((state, metrics))
-
-    runners["jvision"] = run_jvision
+    runners["jvision"] = jvision_step.run
 
     def run_eager(first, count):
         for step in range(first, first + count):

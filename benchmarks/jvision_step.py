@@ -1,0 +1,47 @@
+"""jvision's train step for a config, compiled on the config's first training batch: what
+`step_time.py` and `compare.py` time."""
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jvision import models, sharding, train
+from jvision.data import pipeline
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    compiled: Any  # (state, metrics, batch, step) -> (state, metrics); state and metrics donated
+    compile_s: float
+    state: Any
+    metrics: Any
+    batch: Any  # The first batch, on the mesh.
+    host_batch: dict  # The same batch as NumPy arrays.
+    data: Any  # The training iterator, after that batch.
+
+    def run(self, first: int, count: int) -> None:
+        """Takes steps `first` .. `first + count - 1` on the one batch and waits for them."""
+        for step in range(first, first + count):
+            self.state, self.metrics = self.compiled(
+                self.state, self.metrics, self.batch, jnp.int32(step)
+            )
+        jax.block_until_ready((self.state, self.metrics))
+
+
+def compile_step(config) -> CompiledStep:
+    family = models.get(config.model.name)
+    mesh = sharding.make_mesh(config.mesh)
+    data, _ = pipeline.train_data(config)
+    host_batch = next(data)
+    batch = sharding.global_batch(mesh, host_batch)
+    layout, state = train.create_state(config, family, mesh)
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+    step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, spec)
+    metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, metrics, batch, jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - start
+    return CompiledStep(compiled, compile_s, state, metrics, batch, host_batch, data)
