@@ -1,6 +1,8 @@
 """Test setup: 8 simulated CPU devices (set before JAX is imported) and a private TFDS dir."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -27,6 +29,17 @@ def eight_devices():
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m jvision.main ARGS` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "jvision.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def load_config(name: str, arg: str | None = "tiny"):

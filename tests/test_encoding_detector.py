@@ -1,15 +1,13 @@
 """The encoding detector: triplet geometry, response geometry, exemplar bank, peak decoding, e2e."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from conftest import load_config, run_main
 from flax import nnx
 
 from jvision.data import triplets
@@ -190,18 +188,8 @@ def test_both_correlations_give_the_same_training_loss():
 
 
 def test_tiny_run_reports_map_and_draws_heat_maps(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jvision.main",
-            "--config=configs/encoding_detector_mnist.py:tiny",
-            f"--workdir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_main(
+        "--config=configs/encoding_detector_mnist.py:tiny", f"--workdir={tmp_path}", timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]

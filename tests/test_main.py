@@ -6,18 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_main
 from tensorboard.backend.event_processing import event_accumulator
-
-
-def run_main(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jvision.main", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
