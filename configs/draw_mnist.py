@@ -52,6 +52,8 @@ def get_config(arg: str | None = None):
     config.model.matmul_dtype = "float32"  # Dense layers' matmuls: 'float32' or 'bfloat16'.
 
     config.evals.test = dict(type="mean_metrics", split=config.data.eval_split)
+    # test/nll_is_nats at the end: K = 100 samples per test digit (~100 s on the 2-core CPU).
+    config_lib.importance_sampled_nll(config, num_samples=100, samples_per_pass=25, batch_size=16)
 
     if variant == "tiny":
         shrink_for_tests(config)

@@ -48,7 +48,7 @@ def get_config(arg: str | None = None):
     if variant == "tiny":
         config_lib.shrink_for_tests(config)
         config.data.eval_split = config.evals.test.split = "validation[:8]"
-        config.calibration.split = "train[:8]"
+        config.data.train_split = "train[:8]"  # Also the calibration's scenes.
         config.num_summary_images = 2
         config.model.widths = (4, 4, 4, 4, 4)
         config.model.latent_size = 4

@@ -49,9 +49,6 @@ def get_config(arg: str | None = None):
 
     config.data.name = "mnist_detection"
     config.data.binarize = "none"
-    config.data.train_examples = "triplets"
-    config.calibration.split = "train"
-    config.calibration.examples = "exemplars"
 
     config.model.name = "encoding_detector"
     config.model.channels = 1
@@ -78,7 +75,7 @@ def get_config(arg: str | None = None):
     config.evals.test = dict(type="detection_map", split=config.data.eval_split)
     if variant == "tiny":
         config_lib.shrink_for_tests(config)
-        config.calibration.split = "train[:40]"
+        config.data.train_split = "train[:40]"  # Also the calibration's scenes.
         config.model.widths = (8, 8, 8, 8)
         config.model.latent_size = 4
     return config

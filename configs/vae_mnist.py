@@ -30,6 +30,8 @@ def get_config(arg: str | None = None):
     config.model.strides = (2, 1, 2)
 
     config.evals.test = dict(type="mean_metrics", split=config.data.eval_split)
+    # test/nll_is_nats at the end: K = 500 importance samples per test digit (~75 s here).
+    config_lib.importance_sampled_nll(config, num_samples=500, samples_per_pass=100, batch_size=16)
 
     if variant == "tiny":
         config_lib.shrink_for_tests(config)

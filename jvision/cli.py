@@ -58,6 +58,14 @@ def parse_run_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+def parse_plain_flags(argv: list[str]) -> list[str]:
+    """absl's parsing for commands without a config: a bad flag is one line and exit 1."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        fail(str(error).strip().splitlines()[-1].strip())
+
+
 def hide_tensorflow_from_accelerators() -> None:
     """TensorFlow (optional) is only used by TFDS and the TensorBoard writers: keep it quiet and
     off the GPUs, which belong to JAX. Without NVIDIA GPUs there is nothing to hide, and not

@@ -61,9 +61,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.shuffle = True
     config.data.image_size = 0  # >0: resize the shorter side and centre-crop to this size.
     config.data.random_flip = False  # Mirror training images left-right at random.
-    # Training examples made from the stored ones by a maker in jvision.data.triplets (e.g.
-    # "triplets" from detection scenes); "": as stored.
-    config.data.train_examples = ""
     config.data.binarize = "dynamic"  # 'dynamic' (Bernoulli resampled per epoch), 'none'.
     # Splits (this process's share) of at most this many examples are read and decoded once and
     # kept in memory: the TFDS reader's per-example cost would otherwise compete with the train
@@ -85,22 +82,32 @@ def base_config() -> ml_collections.ConfigDict:
     config.init_from.source = ""
     config.init_from.target = ""
 
-    # State computed from data before each evaluation and the last checkpoint (a family's
-    # calibration_statistics / set_calibration): the examples made by a maker of
-    # jvision.data.triplets from `split`; "" examples: none.
-    config.calibration = ml_collections.ConfigDict()
-    config.calibration.split = "train"
-    config.calibration.examples = ""
-
     # Evaluations: name -> {type: module in jvision.evaluators, split}. Metric names are
     # prefixed with the evaluation's name, e.g. `test/nelbo_nats`.
     config.evals = ml_collections.ConfigDict()
     return config
 
 
+def importance_sampled_nll(
+    config: ml_collections.ConfigDict, num_samples: int, samples_per_pass: int, batch_size: int
+) -> None:
+    """Adds `test/nll_is_nats` (`jvision.evaluators.importance_sampled_nll`) on the eval split,
+    at the end of training only: K = `num_samples` importance samples per image."""
+    config.evals.nll = dict(
+        type="importance_sampled_nll",
+        split=config.data.eval_split,
+        prefix="test",
+        final_only=True,
+        num_samples=num_samples,
+        samples_per_pass=samples_per_pass,
+        batch_size=batch_size,
+    )
+
+
 def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
     """The part every config's `tiny` variant shares: 4 steps of batch 16, evaluated on 40 test
-    examples, logging, evaluating and checkpointing every 2 steps."""
+    examples (importance sampling: 4 samples of 16), logging, evaluating and checkpointing every
+    2 steps."""
     config.total_steps = 4
     config.batch_size = 16
     config.eval_batch_size = 16
@@ -111,6 +118,8 @@ def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
     config.data.eval_split = "test[:40]"
     for eval_config in config.evals.values():
         eval_config.split = "test[:40]"
+        if "num_samples" in eval_config:
+            eval_config.update(split="test[:16]", num_samples=4, samples_per_pass=2, batch_size=8)
 
 
 def load_config_module(path: str):

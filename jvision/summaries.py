@@ -2,15 +2,11 @@
 
 A family's `image_summaries` computes numbers inside jit (images, boxes, scores); its
 `draw_summaries` turns them into grids `[rows, columns, H, W, C]` of floats in [0, 1] with the
-helpers here (rectangles, digit glyphs); `image_grid` tiles a grid into one picture.
-`Summarizer` runs both for a model state.
+helpers here (rectangles, digit glyphs, detections); `image_grid` tiles a grid into one picture.
+`jvision.evaluation.Pictures` runs both for a model state. Nothing here imports JAX.
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-from jvision import models, sharding
 
 
 def as_rows(images: np.ndarray, columns: int) -> np.ndarray:
@@ -127,27 +123,6 @@ def labelled_boxes(
     return image
 
 
-class Summarizer:
-    """A family's pictures of a batch for a model state: `image_summaries` jitted, then
-    `draw_summaries` on the host. `count` limits the batch to its first rows."""
-
-    def __init__(self, family, graphdef, mesh, seed: int, count: int):
-        key = jax.random.key(seed)
-
-        def outputs(model_state, batch, step):
-            model = models.eval_model(graphdef, model_state)
-            batch = jax.tree.map(lambda x: x[:count], batch)
-            return family.image_summaries(model, batch, key, step)
-
-        self._outputs = jax.jit(outputs, out_shardings=sharding.replicated(mesh))
-        self._draw = getattr(family, "draw_summaries", lambda arrays: arrays)
-
-    def __call__(self, model_state, batch, step: int) -> dict[str, np.ndarray]:
-        """`{name: [rows, columns, H, W, C] floats in [0, 1]}`."""
-        arrays = jax.device_get(self._outputs(model_state, batch, jnp.int32(step)))
-        return {name: np.asarray(grid) for name, grid in self._draw(arrays).items()}
-
-
 GROUND_TRUTH_COLOR = (0.1, 0.9, 0.1)
 DETECTION_COLOR = (0.95, 0.15, 0.1)
 SCORE_COLOR = (1.0, 0.85, 0.2)
@@ -198,3 +173,22 @@ def draw_detections(
         )
         pictures.append(image)
     return np.stack(pictures)
+
+
+def detection_outputs(batch: dict, predicted: dict) -> dict:
+    """What a detector's `image_summaries` returns for `detection_rows`: the scenes, their
+    ground truth and the detections (`predict`'s fields)."""
+    return {
+        "images": batch["image"],
+        "true_boxes": batch["boxes"],
+        "true_labels": batch["labels"],
+        **predicted,
+    }
+
+
+def detection_rows(outputs: dict, min_score: float, row_px: int = 1024) -> np.ndarray:
+    """A detector's scenes (from `detection_outputs`) drawn with ground truth and detections
+    scoring at least `min_score`, enlarged, as a grid with rows of at most `row_px` pixels."""
+    truth = {"boxes": outputs["true_boxes"], "labels": outputs["true_labels"]}
+    pictures = draw_detections(outputs["images"], outputs, truth, min_score=min_score)
+    return as_rows(pictures, max(1, row_px // pictures.shape[2]))

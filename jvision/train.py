@@ -3,8 +3,9 @@
     metrics = train_and_evaluate(config, workdir)
 
 Read top to bottom: checks → mesh → data → model and optimizer → steps → restore (or initialise
-from another run) → loop → final evaluation. The trainer knows model families only through
-`jvision.models` and evaluations only through `jvision.evaluators`.
+from another run) → loop (train → log → save → evaluate) → final evaluation → its checkpoint →
+results. The trainer knows model families only through the contract of `jvision.models` and
+evaluations only through `jvision.evaluation`.
 
 The training state is named: `{"model": the model's variables, "opt": the optimizer's state}`,
 created directly in its shardings (`jvision.sharding`). SIGTERM/SIGINT stop the loop at a step
@@ -25,10 +26,9 @@ from clu import parameter_overview
 from flax import nnx
 
 from jvision import (
-    calibration,
     checkpoint,
     config_lib,
-    evaluators,
+    evaluation,
     models,
     optim,
     preemption,
@@ -72,14 +72,15 @@ class StateLayout:
     shardings: dict
 
 
-def create_state(config: ml_collections.ConfigDict, family, mesh) -> tuple[StateLayout, dict]:
+def create_state(
+    config: ml_collections.ConfigDict, family: models.Family, mesh
+) -> tuple[StateLayout, dict]:
     """Builds the model and its optimizer, directly in their shardings (`jvision.sharding`)."""
 
     def build():
         model = family.build(config.model, nnx.Rngs(config.seed))
         # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
-        trainable = family.trainable(model) if hasattr(family, "trainable") else nnx.Param
-        optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=trainable)
+        optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=family.trainable(model))
         return {"model": model, "opt": optimizer}
 
     abstract = nnx.eval_shape(build)
@@ -103,7 +104,7 @@ def create_state(config: ml_collections.ConfigDict, family, mesh) -> tuple[State
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict, family, layout: StateLayout, mesh, batch_spec
+    config: ml_collections.ConfigDict, family: models.Family, layout: StateLayout, mesh, batch_spec
 ):
     """Returns the jitted `(state, metrics, batch, step) -> (state, metrics)` and its metrics class.
 
@@ -131,7 +132,7 @@ def make_train_step(
         (loss, terms), grads = grad_fn(model, batch, key, step)
         optimizer.update(model, grads)
         new_metrics = metrics_class.single_from_model_output(
-            **{"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
+            **{"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
         )
         return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, metrics.merge(new_metrics)
 
@@ -143,15 +144,6 @@ def make_train_step(
         donate_argnums=(0, 1),
     )
     return jitted, metrics_class
-
-
-def _check_devices(config: ml_collections.ConfigDict) -> None:
-    for name in ("batch_size", "eval_batch_size"):
-        if config[name] % jax.device_count():
-            raise UserError(
-                f"{name} {config[name]} is not divisible by {jax.device_count()} devices; "
-                f"use a multiple of {jax.device_count()}"
-            )
 
 
 def _open_workdir(workdir, config, state, train_data):
@@ -200,7 +192,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # ----------------------------------------------------------------------- checks
     config_lib.validate(config)
     family = models.get(config.model.name)
-    _check_devices(config)
     try:
         workdir = workdir_lib.path(workdir)
     except OSError as error:
@@ -215,19 +206,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.device_count(),
         jax.process_count(),
     )
-    train_data, train_batch_spec = pipeline.train_data(config)
-    evals = evaluators.build(family, config, mesh)
-    summary_batch = pipeline.summary_batch(config, config.data.eval_split, mesh)
+    train_data, train_batch_spec = pipeline.train_data(
+        config, models.bind(family.train_examples, config.model)
+    )
 
     # ----------------------------------------------------------------------- model & step
     layout, state = create_state(config, family, mesh)
     train_step, TrainMetrics = make_train_step(config, family, layout, mesh, train_batch_spec)
-    model_graphdef = layout.graphdefs["model"]
-    summarize = summaries.Summarizer(
-        family, model_graphdef, mesh, config.seed, config.num_summary_images
-    )
-    calibration_pass = calibration.build(
-        family, config, mesh, model_graphdef, layout.shardings["model"]
+    evaluate = evaluation.Evaluation(
+        family, config, mesh, layout.graphdefs["model"], layout.shardings["model"]
     )
 
     # ----------------------------------------------------------------------- restore
@@ -250,36 +237,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 settings = config_lib.flatten(config.to_dict())
                 scalars = {k: v for k, v in settings.items() if _is_scalar(v)}
                 writer.write_hparams(scalars)
-            calibrated_at = None
-            replicated = sharding.replicated(mesh)
 
-            def calibrate(step: int) -> None:
-                """Recomputes the model's calibration (if it has one) from data, once per step."""
-                nonlocal calibrated_at
-                if calibration_pass is not None and calibrated_at != step:
-                    state["model"] = calibration_pass(state["model"], step)
-                    calibrated_at = step
-
-            def evaluate(step: int, final: bool = False) -> dict[str, float]:
-                calibrate(step)
-                results = evaluators.run_all(evals, model_graphdef, state["model"], step)
+            def evaluate_and_write(step: int, final: bool) -> tuple[dict[str, float], dict]:
+                """Evaluates (the model state takes its calibration) and writes the metrics and
+                pictures to TensorBoard. Returns the metrics and the pictures."""
+                state["model"], results, grids = evaluate(state["model"], step, final)
+                pictures = {name: summaries.image_grid(grid) for name, grid in grids.items()}
                 writer.write_scalars(step, results)
-                pictures = {
-                    name: summaries.image_grid(grid)
-                    for name, grid in summarize(state["model"], summary_batch, step).items()
-                }
                 writer.write_images(step, pictures)
-                if final and is_chief:  # The last pictures also go to workdir/images.
-                    images = workdir / workdir_lib.IMAGES_DIR
-                    images.mkdir(parents=True, exist_ok=True)
-                    for name, picture in pictures.items():
-                        workdir_lib.save_png(images / f"{name}.png", picture[0])
                 logging.info("step %d: %s", step, results)
-                return results
+                return results, pictures
 
             # ------------------------------------------------------------------- train loop
             total = config.total_steps
             hooks = writers.hooks(config, str(workdir), writer, is_chief)
+            replicated = sharding.replicated(mesh)
             metrics = jax.device_put(TrainMetrics.empty(), replicated)
             while True:
                 if stop.should_stop(step):  # Every process asks at every step.
@@ -295,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 for hook in hooks:
                     hook(step)
                 log = itstime(step, config.log_every_steps, total)
-                save = itstime(step, config.ckpt_every_steps, total)
+                # The last step's checkpoint is saved after the final evaluation, below.
+                save = step < total and itstime(step, config.ckpt_every_steps, total)
                 if log or save:  # Never save a non-finite state.
                     values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
                     _check_finite(values, step, ckpts)
@@ -303,16 +276,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         writer.write_scalars(step, values)
                         metrics = jax.device_put(TrainMetrics.empty(), replicated)
                 if save:
-                    if step == total:  # The last checkpoint holds the calibrated model.
-                        calibrate(step)
                     ckpts.save(step, state, train_data, config)
                     saved_step = step
                 if step < total and itstime(step, config.eval_every_steps, total):
-                    evaluate(step)
+                    evaluate_and_write(step, final=False)
 
             # --------------------------------------------------------------- final evaluation
-            results = evaluate(step, final=True)
+            results, pictures = evaluate_and_write(step, final=True)
+            if saved_step != step:  # The checkpoint the results are of (calibrated, if so).
+                ckpts.save(step, state, train_data, config)
+            ckpts.wait()  # Committed before anything claims it.
             if is_chief:
+                images = workdir / workdir_lib.IMAGES_DIR
+                images.mkdir(parents=True, exist_ok=True)
+                for name, picture in pictures.items():
+                    workdir_lib.save_png(images / f"{name}.png", picture[0])
                 workdir_lib.write_json(
                     workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
                 )

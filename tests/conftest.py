@@ -1,8 +1,6 @@
 """Test setup: 8 simulated CPU devices (set before JAX is imported) and a private TFDS dir."""
 
 import os
-import subprocess
-import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -19,6 +17,7 @@ os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jvision_tfds_")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
+from helpers import load_config  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # Libraries read absl flags outside app.run in tests.
 
@@ -26,31 +25,6 @@ flags.FLAGS.mark_as_parsed()  # Libraries read absl flags outside app.run in tes
 @pytest.fixture(scope="session", autouse=True)
 def eight_devices():
     assert jax.device_count() == 8, "tests expect 8 simulated devices; XLA_FLAGS was set too late"
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m jvision.main ARGS` from the repository root, output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "jvision.main", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def load_config(name: str, arg: str | None = "tiny"):
-    """`configs/<name>.py:get_config(arg)`, as `--config=configs/<name>.py:<arg>` would load it."""
-    import importlib.util
-
-    path = os.path.join(ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.fixture(scope="session")

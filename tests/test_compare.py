@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import ROOT  # noqa: E402
+from helpers import ROOT  # noqa: E402
 
 COLUMNS = (
     "config",

@@ -4,7 +4,7 @@ documents its command."""
 import os
 
 import pytest
-from conftest import ROOT, load_config
+from helpers import ROOT, load_config
 
 from jvision import evaluators, models
 from jvision.data import sources

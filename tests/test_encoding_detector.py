@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config, run_main
 from flax import nnx
+from helpers import load_config, run_main
 
 from jvision.data import triplets
 from jvision.models import encoding_detector

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from jvision import checkpoint, evaluate, summaries
 from jvision import workdir as workdir_lib

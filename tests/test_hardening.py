@@ -11,9 +11,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from helpers import ROOT, load_config
 
-from jvision import checkpoint, evaluators, preemption, train
+from jvision import checkpoint, evaluation, preemption, train
 from jvision.errors import UserError
 
 
@@ -135,7 +135,7 @@ def _signal_when(monkeypatch, module, name, number, at_call):
     [
         ("in the step loop", train, "itstime", signal.SIGTERM, 7),  # During step 3.
         ("during a save", checkpoint.Checkpoints, "save", signal.SIGTERM, 1),  # Step 2, in flight.
-        ("during an evaluation", evaluators, "run_all", signal.SIGINT, 1),  # After step 2.
+        ("during an evaluation", evaluation.Evaluation, "metrics", signal.SIGINT, 1),  # Step 2.
     ],
 )
 def test_a_signal_at_any_moment_saves_the_current_step_and_resumes_exactly(

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_main
+from helpers import ROOT, run_main
 from tensorboard.backend.event_processing import event_accumulator
 
 

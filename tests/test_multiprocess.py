@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from helpers import ROOT, load_config
 
 from jvision import checkpoint, train
 from jvision.data import pipeline

@@ -5,7 +5,7 @@ import pathlib
 
 import nbformat
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted(pathlib.Path(ROOT, "colab").glob("*.ipynb"))

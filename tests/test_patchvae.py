@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config
 from flax import nnx
+from helpers import load_config
 
 from jvision.errors import UserError
 from jvision.models import _resnet, patchvae

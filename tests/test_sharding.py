@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import load_config
+from helpers import load_config
 from jax.sharding import PartitionSpec as P
 
 from jvision import checkpoint, models, sharding, train, workdir

@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import load_config
 from flax import nnx
+from helpers import load_config
 
 from jvision.models import ssd
 from jvision.ops import boxes as box_ops

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from helpers import ROOT, load_config
 
 from jvision import sweep
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import load_config
+from helpers import load_config
 
 from jvision import checkpoint, train
 from jvision.errors import UserError

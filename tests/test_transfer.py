@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 import pytest
-from conftest import load_config
 from flax import nnx
+from helpers import load_config
 
 from jvision import checkpoint, train
 from jvision.errors import UserError

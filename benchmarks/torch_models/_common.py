@@ -105,7 +105,12 @@ def _node(tree, dotted: str):
 
 
 def _array(value) -> torch.Tensor:
-    return torch.from_numpy(np.array(value, dtype=np.float32))
+    """A float tensor of `value`: float64 stays float64 (the fairness tests compare in float64),
+    anything else becomes float32."""
+    value = np.asarray(value)
+    return torch.from_numpy(
+        np.array(value, np.float64 if value.dtype == np.float64 else np.float32)
+    )
 
 
 def _module_tensors(module: nn.Module, node: dict) -> dict[str, torch.Tensor]:
@@ -115,7 +120,7 @@ def _module_tensors(module: nn.Module, node: dict) -> dict[str, torch.Tensor]:
         names = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
         return {names[k]: _array(v) for k, v in node.items()}
     if "kernel" in node:
-        kernel = np.asarray(node["kernel"], np.float32)
+        kernel = np.asarray(node["kernel"])
         if isinstance(module, nn.ConvTranspose2d):
             # Flax's ConvTranspose (transpose_kernel=False) slides the kernel unflipped over the
             # dilated input; torch's is the gradient of a conv, i.e. the flipped kernel.
@@ -251,12 +256,13 @@ def train_step(model, optimizer, batch: dict, noise=None, step: int = 0) -> torc
 
 
 def to_torch_batch(batch: dict) -> dict:
-    """A jvision batch (NumPy or JAX arrays, images [B, H, W, C]) -> torch tensors, images NCHW."""
+    """A jvision batch (NumPy or JAX arrays, images [B, H, W, C]) -> torch tensors, images NCHW;
+    integers as int64, floats in their own precision (float32, or float64)."""
     out = {}
     for name, value in batch.items():
         value = np.asarray(value)
         if name == "image":
             value = value.transpose(0, 3, 1, 2)
         tensor = torch.from_numpy(np.ascontiguousarray(value))
-        out[name] = tensor.long() if value.dtype.kind in "iu" else tensor.float()
+        out[name] = tensor.long() if value.dtype.kind in "iu" else tensor
     return out

@@ -103,6 +103,9 @@ class _Losses(nn.Module):
             loss = loss + self.beta_occurrence * kl_occ
         terms["loss"] = loss
         terms = {name: value.mean() for name, value in terms.items()}
+        if logits is not None:  # As jvision reports it.
+            tau = temperature(int(step), *self.schedule)
+            terms["temperature"] = torch.tensor(tau, dtype=terms["loss"].dtype)
         return terms["loss"], terms
 
 
@@ -217,7 +220,7 @@ def jax_noise(config, key, batch_size: int):
     appearance_key, occurrence_key = jax.random.split(key)
     appearance = jax.random.normal(appearance_key, (batch_size, m.num_parts, m.part_size))
     shape = (batch_size, height // m.scale, width // m.scale, m.num_parts)
-    uniform = jax.random.uniform(occurrence_key, shape, np.float32)
+    uniform = jax.random.uniform(occurrence_key, shape)  # jvision's dtype: float32 (or 64).
     return {
         "appearance": torch.from_numpy(np.array(appearance)),
         "uniform": torch.from_numpy(np.array(uniform).transpose(0, 3, 1, 2).copy()),

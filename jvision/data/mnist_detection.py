@@ -12,7 +12,9 @@ MAX_OBJECTS rows with label -1. Configs:
 
 - `embedded` (default): 16,000 train scenes from the embedded MNIST's 4,000 train digits and
   2,500 test scenes from its 1,000 held-out test digits; prepared offline.
-- `full`: the same counts from TFDS `mnist` train/test digits (prepare `mnist` first).
+- `full`: the same counts from full MNIST, offline (`full_mnist`: the 60,000 digits of its
+  `train+validation` for train scenes, its 10,000 `test` digits for test scenes), as the
+  tutorial's own data: scenes from all of MNIST's training and test digits.
 """
 
 import numpy as np
@@ -91,9 +93,11 @@ def source_digits(config_name: str, split: str, data_dir: str | None):
     """The digits scenes of `split` are made from: [N, 28, 28] uint8 and labels [N]."""
     from jvision.data import sources
 
-    source = sources.open_source(
-        "embedded_mnist" if config_name == "embedded" else "mnist", split, data_dir
-    )
+    if config_name == "embedded":
+        source = sources.open_source("embedded_mnist", split, data_dir)
+    else:
+        digits_split = {"train": "train+validation", "test": "test"}[split]
+        source = sources.open_source("full_mnist", digits_split, data_dir)
     examples = [source[i] for i in range(len(source))]
     digits = np.stack([e["image"][..., 0] for e in examples])
     return digits, np.asarray([e["label"] for e in examples])
@@ -105,7 +109,7 @@ class MnistDetection(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="embedded", description="From the embedded MNIST digits."),
-        tfds.core.BuilderConfig(name="full", description="From TFDS mnist."),
+        tfds.core.BuilderConfig(name="full", description="From full_mnist (all of MNIST)."),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:

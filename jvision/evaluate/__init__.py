@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import logging
 import math
-from types import ModuleType
 
 import jax
 import ml_collections
@@ -25,7 +24,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from jvision import calibration, checkpoint, config_lib, evaluators, models, sharding, summaries
+from jvision import checkpoint, config_lib, evaluation, evaluators, models, sharding, summaries
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -38,7 +37,7 @@ class Run:
     workdir: epath.Path
     config: ml_collections.ConfigDict
     step: int
-    family: ModuleType
+    family: models.Family
     model: nnx.Module
     mesh: jax.sharding.Mesh
 
@@ -61,8 +60,10 @@ class Run:
         splits or all on `split`. For the final step and the training's eval batch size and
         devices, these are the numbers in `results.json`."""
         graphdef, state = self._split
-        evals = evaluators.build(self.family, self._config(split), self.mesh)
-        return evaluators.run_all(evals, graphdef, state, self.step)
+        results = {}
+        for evaluator in evaluators.build(self.family, self._config(split), self.mesh):
+            results.update(evaluator.run(graphdef, state, self.step))
+        return results
 
     def image_grids(self, split: str | None = None, n: int | None = None) -> dict[str, np.ndarray]:
         """The family's pictures of the first `n` examples of `split` (default: as in training,
@@ -72,9 +73,10 @@ class Run:
         batch_size = _round_up(max(n, self.config.eval_batch_size), jax.device_count())
         config = self._config(split, batch_size)
         graphdef, state = self._split
-        summarize = summaries.Summarizer(self.family, graphdef, self.mesh, config.seed, n)
-        batch = pipeline.summary_batch(config, config.data.eval_split, self.mesh)
-        return summarize(state, batch, self.step)
+        pictures = evaluation.Pictures(self.family, self.mesh, config.seed, n)
+        return pictures(
+            graphdef, state, pipeline.first_batch(config, config.data.eval_split), self.step
+        )
 
     def images(self, split: str | None = None, n: int | None = None) -> dict[str, np.ndarray]:
         """`image_grids`, each row of a grid as one picture: `{name: [rows, h, w, C]}` uint8."""
@@ -96,20 +98,17 @@ class Run:
         if images.ndim != 4:
             raise UserError(f"predict takes images [N, H, W, C]; got shape {images.shape}")
         count = len(images)
-        padded = _round_up(count, jax.device_count())
-        batch = pipeline.pad_batch({"image": images}, padded)
-        outputs = self._predict(sharding.global_batch(self.mesh, batch))
-        return jax.tree.map(lambda x: np.asarray(x)[:count], jax.device_get(outputs))
+        batch = pipeline.pad_batch({"image": images}, _round_up(count, jax.device_count()))
+        outputs = self._predict.first(*self._split, batch, self.step)
+        return jax.tree.map(lambda x: np.asarray(x)[:count], outputs)
 
     @functools.cached_property
-    def _predict(self):
-        graphdef, state = self._split
+    def _predict(self) -> evaluation.OverBatches:
+        def predict(model, batch, step, index):
+            del index
+            return self.family.predict(model, batch, step)
 
-        @functools.partial(jax.jit, out_shardings=sharding.replicated(self.mesh))
-        def predict(state, batch, step):
-            return self.family.predict(models.eval_model(graphdef, state), batch, step)
-
-        return lambda batch: predict(state, batch, np.int32(self.step))
+        return evaluation.OverBatches(predict, self.mesh)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -150,11 +149,8 @@ def load(
     restored, _ = checkpoint.load_model(workdir, meta["step"], target=nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, restored)
     graphdef = nnx.graphdef(model)
-    calibrate = calibration.build(
-        family, config, mesh, graphdef, jax.tree.map(lambda x: x.sharding, state)
-    )
-    if calibrate is not None:  # As the trainer does before evaluating.
-        state = calibrate(state, meta["step"])
-    model = nnx.merge(graphdef, state)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    calibrate = evaluation.calibrator(family, config, mesh, graphdef, shardings)
+    model = nnx.merge(graphdef, calibrate(state, meta["step"]))  # As the trainer evaluates it.
     model.eval()
     return Run(workdir, config, meta["step"], family, model, mesh)

@@ -1,8 +1,14 @@
-"""Evaluations selected by config: `config.evals.<name> = {type, split}`.
+"""Evaluations selected by config: `config.evals.<name> = {type, split, ...}`.
+
+Every evaluation also takes `prefix` (its metrics' prefix; default: its name, so several
+evaluations can report under `test/`) and `final_only` (True: only at the end of training and in
+`jvision.evaluate`, for costly ones).
 
 An evaluator module defines `Evaluator(name, family, config, eval_config, mesh)` with
 `run(graphdef, model_state, step) -> {f"{name}/{metric}": float}`: it evaluates the model
-`nnx.merge(graphdef, model_state)` (in eval mode) after `step` train steps.
+`nnx.merge(graphdef, model_state)` (in eval mode) after `step` train steps, running its jitted
+function over the data with `jvision.evaluation.OverBatches`. `jvision.evaluation.Evaluation`
+runs every configured one.
 """
 
 import importlib
@@ -23,13 +29,8 @@ def build(family, config, mesh) -> list:
                 f"evals.{name}.type={eval_config.type!r} is unknown; known: {', '.join(known())}"
             )
         module = importlib.import_module(f"{__name__}.{eval_config.type}")
-        evaluators.append(module.Evaluator(name, family, config, eval_config, mesh))
+        prefix = eval_config.get("prefix", name)
+        evaluator = module.Evaluator(prefix, family, config, eval_config, mesh)
+        evaluator.final_only = bool(eval_config.get("final_only", False))
+        evaluators.append(evaluator)
     return evaluators
-
-
-def run_all(evaluators: list, graphdef, model_state, step: int) -> dict[str, float]:
-    """Every evaluator's metrics, in one dict."""
-    results = {}
-    for evaluator in evaluators:
-        results.update(evaluator.run(graphdef, model_state, step))
-    return results

@@ -134,6 +134,9 @@ class DRAW(nnx.Module):
         canvas = canvas + update
         step = {
             "kl_nats": distributions.gaussian_kl_standard_normal(mean, logvar),
+            # log q(z_t | ·) − log p(z_t) at the sample: the importance weight's latent part.
+            "log_ratio": distributions.gaussian_log_density(z, mean, logvar)
+            - distributions.gaussian_log_density(z, 0.0, 0.0),
             "canvas": canvas,
             "read_box": read_box,
             "write_box": write_box,
@@ -144,14 +147,16 @@ class DRAW(nnx.Module):
         """Reconstructs images [B, H, W, C] in `num_glimpses` steps; noise is [T, B, Z].
 
         Returns the final canvas logits [B, H, W, C] and per-step outputs stacked over T:
-        `kl_nats` [T, B], and with `record` also `canvas` logits and the attention boxes.
+        `kl_nats` and `log_ratio` (log q(z_t | ·) − log p(z_t) at the sample) [T, B], and with
+        `record` also `canvas` logits and the attention boxes.
         """
         batch = images.shape[0]
         init = (jnp.zeros(images.shape), self._zero_state(batch), self._zero_state(batch))
 
         def step(carry, noise_t):
             carry, outputs = self.glimpse(carry, images, noise_t)
-            return carry, outputs if record else {"kl_nats": outputs["kl_nats"]}
+            kept = outputs if record else {k: outputs[k] for k in ("kl_nats", "log_ratio")}
+            return carry, kept
 
         # Keep only the matmul results of each glimpse for the backward pass and recompute the
         # cheap rest: stacking every intermediate over 64 glimpses costs more memory traffic than
@@ -205,6 +210,17 @@ def _per_example_terms(model: DRAW, batch, key) -> dict[str, jax.Array]:
 
 
 train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
+
+
+def log_importance_weights(model: DRAW, batch, key, step, num_samples: int) -> jax.Array:
+    """[B, K] log p(x, z_k) − log q(z_k | x) for K = `num_samples` posterior samples, each a
+    whole drawing sequence z_{1:T} (q is sequential: z_t depends on the earlier samples)."""
+    del step
+    images = batch["image"]
+    tiled = jnp.broadcast_to(images, (num_samples, *images.shape)).reshape(-1, *images.shape[1:])
+    canvas, steps = model(tiled, model.noise(key, tiled.shape[0]))
+    log_weights = -distributions.bernoulli_nll(canvas, tiled) - steps["log_ratio"].sum(axis=0)
+    return log_weights.reshape(num_samples, images.shape[0]).T
 
 
 def _batch_major(per_step):

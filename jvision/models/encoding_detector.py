@@ -25,10 +25,12 @@ represented by the **mean exemplar map over all its training exemplars** (the ex
   `model.response_adjust=False` restores the raw sums.
 - Loss: BCE-with-logits of the positive responses against their targets + of the negative
   responses against zeros (means over cells) + the VAE loss; each term is reported.
-- Exemplar bank: a `Calibration` variable [classes, h, w, C] (declared at build time, so the
-  checkpoint's tree is fixed), set by the trainer's calibration pass (`calibration_statistics`,
-  `set_calibration`) to the mean map of every training object's exemplar crop, before each
-  evaluation and before the last checkpoint.
+- Training examples: triplets made from the detection scenes (`train_examples`,
+  `jvision.data.triplets.Triplets`).
+- Exemplar bank: a `Calibrated` variable [classes, h, w, C] (declared at build time, so the
+  checkpoint's tree is fixed), set by the family's `calibration` (`models.Calibration`: the
+  statistics of every training object's exemplar crop, summed, then each class's mean map) before
+  each evaluation and before the checkpoint of the final evaluation.
 - Detection (`predict`): a scene padded by half an exemplar window is encoded once; the bank is
   correlated over it (one convolution with the bank as kernel, or FFTs) → a heat map per class,
   one cell per `jump` pixels, cell (i, j) comparing the exemplar-sized window centred on pixel
@@ -48,7 +50,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jvision import summaries
+from jvision import models, summaries
+from jvision.data import triplets
 from jvision.errors import UserError
 from jvision.ops import boxes as box_ops
 from jvision.ops import conv_transpose, correlation, distributions
@@ -56,7 +59,7 @@ from jvision.ops import conv_transpose, correlation, distributions
 HEAT_COLOR = (1.0, 0.2, 0.1)
 
 
-class Calibration(nnx.Variable):
+class Calibrated(nnx.Variable):
     """State computed from data after training (not trained by the optimizer)."""
 
 
@@ -171,8 +174,8 @@ class EncodingDetector(nnx.Module):
         self.response_adjust = bool(model_config.response_adjust)
         self.response_gain = nnx.Param(jnp.float32(1.0 / features))
         self.response_bias = nnx.Param(jnp.float32(0.0))
-        self.bank = Calibration(jnp.zeros((self.num_classes, *self.map_shape)))
-        self.bank_counts = Calibration(jnp.zeros((self.num_classes,)))
+        self.bank = Calibrated(jnp.zeros((self.num_classes, *self.map_shape)))
+        self.bank_counts = Calibrated(jnp.zeros((self.num_classes,)))
 
     def vae(self, exemplar_map: jax.Array, key: jax.Array | None):
         """Reconstruction logits of exemplars from their maps; z is the mean when key is None."""
@@ -252,6 +255,12 @@ def set_calibration(model: EncodingDetector, totals) -> None:
     model.bank_counts[...] = counts
 
 
+train_examples = triplets.Triplets
+calibration = models.Calibration(
+    examples=triplets.Exemplars, statistics=calibration_statistics, apply=set_calibration
+)
+
+
 def _runs(above: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The first and last positions of the run of True in `above` [N] containing `index` (just
     `index` when it is False there)."""
@@ -309,13 +318,7 @@ def predict(model: EncodingDetector, batch, step=None):
 def image_summaries(model: EncodingDetector, batch, key, step):
     """Test scenes with their detections and ground truth, and every class's heat map."""
     del key
-    predicted = predict(model, batch, step)
-    return {
-        "images": batch["image"],
-        "true_boxes": batch["boxes"],
-        "true_labels": batch["labels"],
-        **predicted,
-    }
+    return summaries.detection_outputs(batch, predict(model, batch, step))
 
 
 SUMMARY_MIN_SCORE = 0.4
@@ -326,12 +329,6 @@ def draw_summaries(outputs):
     """`detections`: scenes (small ones enlarged) with ground truth (green) and detections with
     score ≥ 0.4 (red). `heatmaps`: per scene, the scene then each class's heat map over it (red)."""
     images = np.asarray(outputs["images"])
-    pictures = summaries.draw_detections(
-        images,
-        outputs,
-        {"boxes": outputs["true_boxes"], "labels": outputs["true_labels"]},
-        min_score=SUMMARY_MIN_SCORE,
-    )
     rows = min(SUMMARY_ROWS, len(images))
     heat = np.asarray(outputs["heat"])[:rows]  # [N, R, R', K]: one cell per `jump` pixels.
     height, width = images.shape[1:3]
@@ -342,6 +339,6 @@ def draw_summaries(outputs):
     tint = np.asarray(HEAT_COLOR)
     overlays = [0.5 * gray + 0.5 * heat[..., k, None] * tint for k in range(heat.shape[-1])]
     return {
-        "detections": summaries.as_rows(pictures, max(1, 1024 // pictures.shape[2])),
+        "detections": summaries.detection_rows(outputs, SUMMARY_MIN_SCORE),
         "heatmaps": np.stack([gray, *overlays], axis=1),
     }

@@ -43,8 +43,8 @@ def temperature(step, initial: float, anneal: float, minimum: float):
     minimum), so τ(s) = max(initial · exp(-anneal · Σ_{j=0..J} (1000·j + 1)), minimum),
     J = ⌊(s - 1) / 1000⌋.
     """
-    updates = step // 1000  # J
-    exponent = (updates + 1) + 1000 * updates * (updates + 1) / 2
+    updates = jnp.asarray(step // 1000, float)  # J, as a float: 1000·J² overflows int32.
+    exponent = (updates + 1) + 500 * updates * (updates + 1)
     return jnp.maximum(initial * jnp.exp(-anneal * exponent), minimum)
 
 
@@ -257,6 +257,52 @@ def train_loss(model, batch, key, step):
 
 def eval_metrics(model, batch, key, step):
     return _per_example_terms(model, batch, key, step)
+
+
+def log_importance_weights(model, batch, key, step, num_samples: int) -> jax.Array:
+    """[B, K] log p(x, z_k) − log q(z_k | x) for the generative model the loss describes: a
+    Gaussian likelihood of variance 1/2 on images in [-1, 1] (−log p(x | z) = Σ(x̂ − x)² +
+    (D/2)·log π, the loss's squared error plus a constant), N(0, I) appearances, and for PatchVAE
+    Bernoulli(prior) occurrences sampled as hard 0/1 from q (the distribution of the occurrence
+    KL; training decodes relaxed samples). Densities are of the [-1, 1] images: add D·log 2 for
+    [0, 1] pixels."""
+    del step
+    images = _normalise(batch["image"])
+    batch_size = images.shape[0]
+    tiled = jnp.broadcast_to(images, (num_samples, *images.shape))
+    appearance_key, occurrence_key = jax.random.split(key)
+    if isinstance(model, PatchVAE):
+        mean, variance, logits = model.posterior(images)
+    else:
+        mean, variance = model.posterior(images)
+    logvar = jnp.log(variance)
+    shape = (num_samples, *mean.shape)
+    appearance = mean + jnp.sqrt(variance) * jax.random.normal(appearance_key, shape, mean.dtype)
+    flat = appearance.reshape(num_samples, batch_size, -1)
+    log_ratio = distributions.gaussian_log_density(
+        flat, mean.reshape(batch_size, -1), logvar.reshape(batch_size, -1)
+    ) - distributions.gaussian_log_density(flat, 0.0, 0.0)  # [K, B]
+    if isinstance(model, PatchVAE):
+        probabilities = jax.nn.sigmoid(logits)
+        occurrence = jax.random.bernoulli(
+            occurrence_key, probabilities, (num_samples, *logits.shape)
+        )
+        occurrence = occurrence.astype(mean.dtype)
+        log_q = occurrence * jax.nn.log_sigmoid(logits) + (1 - occurrence) * jax.nn.log_sigmoid(
+            -logits
+        )
+        prior = model.occurrence_prior
+        log_p = occurrence * jnp.log(prior) + (1 - occurrence) * jnp.log1p(-prior)
+        log_ratio += (log_q - log_p).reshape(num_samples, batch_size, -1).sum(-1)
+        decoded = model.decode(
+            appearance.reshape(-1, *mean.shape[1:]), occurrence.reshape(-1, *logits.shape[1:])
+        )
+    else:
+        decoded = model.decode(appearance.reshape(-1, mean.shape[-1]))
+    error = jnp.square(decoded.reshape(tiled.shape) - tiled).reshape(num_samples, batch_size, -1)
+    pixels = error.shape[-1]
+    log_likelihood = -error.sum(-1) - 0.5 * pixels * jnp.log(jnp.pi).astype(error.dtype)
+    return (log_likelihood - log_ratio).T
 
 
 def predict(model, batch, step):

@@ -349,8 +349,7 @@ def predict(model: Detector, batch, step=None):
 def image_summaries(model: Detector, batch, key, step):
     """Test scenes with their ground truth and detections (drawn by `draw_summaries`)."""
     del key
-    truth = {"true_boxes": batch["boxes"], "true_labels": batch["labels"]}
-    return {"images": batch["image"], **truth, **predict(model, batch, step)}
+    return summaries.detection_outputs(batch, predict(model, batch, step))
 
 
 SUMMARY_MIN_SCORE = 0.4  # As the tutorial's figures.
@@ -359,10 +358,4 @@ SUMMARY_MIN_SCORE = 0.4  # As the tutorial's figures.
 def draw_summaries(outputs):
     """Scenes ×4: ground truth boxes (green) and detections with score ≥ 0.4 (red), each labelled
     with its digit and its score in percent; 8 per row."""
-    pictures = summaries.draw_detections(
-        outputs["images"],
-        outputs,
-        {"boxes": outputs["true_boxes"], "labels": outputs["true_labels"]},
-        min_score=SUMMARY_MIN_SCORE,
-    )
-    return {"detections": summaries.as_rows(pictures, 8)}
+    return {"detections": summaries.detection_rows(outputs, SUMMARY_MIN_SCORE)}

@@ -126,6 +126,22 @@ def _per_example_terms(model: VAE, batch, key) -> dict[str, jax.Array]:
 train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
+def log_importance_weights(model: VAE, batch, key, step, num_samples: int) -> jax.Array:
+    """[B, K] log p(x, z_k) − log q(z_k | x) for K = `num_samples` posterior samples z_k."""
+    del step
+    images = batch["image"]
+    mean, logvar = model.encode(images)  # [B, Z]
+    z = distributions.reparameterized_sample(
+        key, jnp.broadcast_to(mean, (num_samples, *mean.shape)), logvar
+    )
+    logits = model.decode(z.reshape(-1, model.latent_dim))  # [K·B, H, W, C]
+    targets = jnp.broadcast_to(images, (num_samples, *images.shape)).reshape(logits.shape)
+    log_likelihood = -distributions.bernoulli_nll(logits, targets).reshape(num_samples, -1)
+    log_prior = distributions.gaussian_log_density(z, 0.0, 0.0)
+    log_posterior = distributions.gaussian_log_density(z, mean, logvar)
+    return (log_likelihood + log_prior - log_posterior).T
+
+
 def predict(model: VAE, batch, step):
     """The posterior (`mean`, `logvar` [B, latent]) and the reconstruction of its mean
     (`reconstruction` [B, H, W, C], Bernoulli means)."""

@@ -1,16 +1,40 @@
-"""Detection quality on the host: PASCAL VOC 2007 11-point average precision, in NumPy."""
+"""Detection quality on the host: PASCAL VOC 2007 11-point average precision, in NumPy.
+
+Detectors' outputs are padded to a fixed size (`predict`: `boxes` [N, K, 4] normalised
+(ymin, xmin, ymax, xmax), `scores` [N, K], `labels` [N, K], `valid` [N, K]); ground truth is
+padded with label -1 (`boxes` [N, M, 4], `labels` [N, M]). `unpad_*` turn them into the per-image
+lists `voc07_average_precision` scores.
+"""
 
 import numpy as np
+
+from jvision.ops import boxes as box_ops
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 11)
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    top_left = np.maximum(box[:2], others[:, :2])
-    bottom_right = np.minimum(box[2:], others[:, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0.0, None), axis=-1)
-    union = np.prod(box[2:] - box[:2]) + np.prod(others[:, 2:] - others[:, :2], -1) - intersection
-    return intersection / np.maximum(union, 1e-12)
+def unpad_detections(predicted: dict, rows: np.ndarray | None = None) -> list[dict]:
+    """Padded detections -> per image `{boxes, scores, labels}` of its valid detections, for the
+    images where `rows` [N] (bool) is True (default: all)."""
+    valid = np.asarray(predicted["valid"], bool)
+    rows = np.ones(len(valid), bool) if rows is None else np.asarray(rows, bool)
+    return [
+        {k: np.asarray(predicted[k])[index][valid[index]] for k in ("boxes", "scores", "labels")}
+        for index in np.flatnonzero(rows)
+    ]
+
+
+def unpad_ground_truth(truth: dict, rows: np.ndarray | None = None) -> list[dict]:
+    """Padded ground truth -> per image `{boxes, labels}` of its real objects (label ≥ 0)."""
+    labels = np.asarray(truth["labels"])
+    rows = np.ones(len(labels), bool) if rows is None else np.asarray(rows, bool)
+    return [
+        {
+            "boxes": np.asarray(truth["boxes"])[index][labels[index] >= 0],
+            "labels": labels[index][labels[index] >= 0],
+        }
+        for index in np.flatnonzero(rows)
+    ]
 
 
 def voc07_average_precision(
@@ -49,7 +73,7 @@ def voc07_average_precision(
         for rank, (_, image, box) in enumerate(entries):
             if len(gt_boxes[image]) == 0:
                 continue
-            overlaps = _iou(box, gt_boxes[image])
+            overlaps = box_ops.iou(box[None], gt_boxes[image], np)[0]
             best = int(np.argmax(overlaps))
             if overlaps[best] > iou_threshold and not taken[image][best]:
                 taken[image][best] = True

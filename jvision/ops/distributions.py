@@ -32,6 +32,25 @@ def gaussian_kl_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array
     return _sum_per_example(0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar))
 
 
+def gaussian_log_density(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(x; mean, exp(logvar)) of a diagonal Gaussian, summed over the last axis.
+
+    Args:
+      x, mean, logvar: [..., D] (broadcastable).
+    Returns:
+      [...] nats.
+    """
+    log_2pi = jnp.log(2 * jnp.pi).astype(x.dtype)
+    terms = -0.5 * (log_2pi + logvar + jnp.square(x - mean) * jnp.exp(-logvar))
+    return terms.sum(axis=-1)
+
+
+def log_mean_exp(log_values: jax.Array, axis: int = -1) -> jax.Array:
+    """log((1/K) Σ_k exp(log_values_k)) over `axis` of length K, without overflow."""
+    count = log_values.shape[axis]
+    return jax.nn.logsumexp(log_values, axis=axis) - jnp.log(count).astype(log_values.dtype)
+
+
 def reparameterized_sample(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """z = mean + σ·ε with ε ~ N(0, I): a sample differentiable in mean and logvar."""
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
