@@ -1,16 +1,22 @@
-"""What jvision's commands share: flags for a config and a workdir, several processes, one-line
-errors, and running the work so that bad input and early stops end the same way everywhere.
+"""What jvision's commands share: flags, one config loader and one override parser, several
+processes, one-line errors, and running the work so that bad input and early stops end the same
+way everywhere.
 
-Commands: `jvision.main` (train), `jvision.sweep` (seeds), `jvision.evaluate` (any workdir).
+Commands: `jvision.main` (train), `jvision.sweep` (seeds), `jvision.evaluate` (any workdir),
+`jvision.data.prepare`. A config comes from `--config=FILE[:ARG]` (a Python file whose
+`get_config(ARG)` returns it); `--config.KEY=VALUE` overrides any of its keys (for `evaluate`: of
+the workdir's saved config), parsed as the type of the value it replaces; an unknown key gets the
+closest known ones as suggestions.
 """
 
-import glob
 import os
-import re
 import sys
 
 from absl import flags
-from ml_collections import config_flags
+
+from jvision.errors import UserError
+
+_OVERRIDE = "--config."
 
 
 def fail(message: str) -> None:
@@ -19,57 +25,87 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def define_run_flags(workdir_help: str):
-    """`--config` (a config file, `:ARG`, `--config.KEY=VALUE`), `--workdir` and the flags for
-    several processes. Returns the config flag's holder."""
-    config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, workdir_help)
-    flags.DEFINE_bool(
-        "distributed",
-        os.environ.get("JVISION_DISTRIBUTED") == "1",
-        "Run as one of several processes: jax.distributed.initialize() detects Cloud TPU, Slurm "
-        "and GKE by itself; default from JVISION_DISTRIBUTED=1.",
-    )
-    flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0 (elsewhere than TPU/Slurm/GKE)."
-    )
-    flags.DEFINE_integer("num_processes", None, "How many processes take part.")
-    flags.DEFINE_integer("process_id", None, "This process's index, 0 first.")
-    return config
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`--config.KEY=VALUE` arguments taken out of `argv`: `(the rest, {KEY: VALUE})`."""
+    rest, overrides = [], {}
+    for arg in argv:
+        if not arg.startswith(_OVERRIDE):
+            rest.append(arg)
+            continue
+        key, equals, value = arg[len(_OVERRIDE) :].partition("=")
+        if not equals or not key:
+            fail(f"{arg}: write config overrides as --config.KEY=VALUE")
+        overrides[key] = value
+    return rest, overrides
 
 
-def parse_run_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with every mistake (unknown flag or config key, a config file that fails
-    to load, a missing --config or --workdir) as one line and exit status 1."""
+def parse_flags(argv: list[str], required: tuple[str, ...] = ()) -> tuple[list[str], dict]:
+    """absl's parsing with every mistake as one line and exit 1; `--config.KEY=VALUE` overrides
+    are returned apart: `(the remaining arguments, overrides)`."""
+    argv, overrides = split_overrides(argv)
     try:
         rest = flags.FLAGS(argv)
-    except AttributeError as error:  # ml_collections: an override names a key the config lacks.
-        key = re.findall(r"\w+", str(error))[-1]
-        fail(f"unknown config key {key!r} in a --config.KEY=VALUE override; see the config file")
-    except Exception as error:  # Bad flag, or a config file that fails to run.
+    except flags.Error as error:
         fail(str(error).strip().splitlines()[-1].strip())
-    for name in ("config", "workdir"):
-        if flags.FLAGS[name].value is None:
+    for name in required:
+        if not flags.FLAGS[name].value:
             fail(f"--{name} is required")
-    try:
-        flags.FLAGS["config"].value.get("model")  # The config file is loaded lazily: load it now.
-    except OSError as error:
-        fail(f"cannot load the config file: {str(error).strip().splitlines()[-1].strip()}")
-    return rest
+    return rest, overrides
 
 
 def parse_plain_flags(argv: list[str]) -> list[str]:
     """absl's parsing for commands without a config: a bad flag is one line and exit 1."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        fail(str(error).strip().splitlines()[-1].strip())
+    rest, overrides = parse_flags(argv)
+    if overrides:
+        fail("this command takes no --config.KEY=VALUE")
+    return rest
+
+
+class RunFlags:
+    """`--config=FILE[:ARG]`, `--config.KEY=VALUE`, `--workdir` and the flags for several
+    processes, for commands that train (`jvision.main`, `jvision.sweep`)."""
+
+    def __init__(self, workdir_help: str):
+        flags.DEFINE_string("config", None, "Config file, FILE or FILE:ARG (e.g. :tiny).")
+        flags.DEFINE_string("workdir", None, workdir_help)
+        flags.DEFINE_bool(
+            "distributed",
+            os.environ.get("JVISION_DISTRIBUTED") == "1",
+            "Run as one of several processes: jax.distributed.initialize() detects Cloud TPU, "
+            "Slurm and GKE by itself; default from JVISION_DISTRIBUTED=1.",
+        )
+        flags.DEFINE_string(
+            "coordinator_address", None, "host:port of process 0 (elsewhere than TPU/Slurm/GKE)."
+        )
+        flags.DEFINE_integer("num_processes", None, "How many processes take part.")
+        flags.DEFINE_integer("process_id", None, "This process's index, 0 first.")
+        self.config = None
+
+    def parse(self, argv: list[str]) -> list[str]:
+        """The flags parser for `absl.app.run`: loads the config and applies the overrides."""
+        from jvision import config_lib
+
+        rest, overrides = parse_flags(argv, required=("config", "workdir"))
+        if not flags.FLAGS.workdir.strip():
+            fail("--workdir is empty; give the run's directory")
+        try:
+            self.config = config_lib.load(flags.FLAGS.config)
+            config_lib.apply_overrides(self.config, overrides)
+        except UserError as error:
+            fail(str(error))
+        return rest
+
+    @property
+    def workdir(self) -> str:
+        return flags.FLAGS.workdir
 
 
 def hide_tensorflow_from_accelerators() -> None:
     """TensorFlow (optional) is only used by TFDS and the TensorBoard writers: keep it quiet and
     off the GPUs, which belong to JAX. Without NVIDIA GPUs there is nothing to hide, and not
     importing it here saves seconds (bad input is refused before anything imports it)."""
+    import glob
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not glob.glob("/dev/nvidia[0-9]*"):
         return
@@ -96,14 +132,13 @@ def initialize_processes() -> None:
 
 def run(work) -> None:
     """Runs `work()`: a `UserError` becomes one line and exit 1; a run stopped by SIGTERM or
-    Ctrl-C (after its checkpoint) one line and exit 75."""
+    Ctrl-C (after its checkpoint, or while starting) one line and exit 75."""
     from jvision import preemption
-    from jvision.errors import UserError
 
     try:
         work()
     except UserError as error:
         fail(str(error))
-    except preemption.Stopped as stopped:
+    except (preemption.Stopped, preemption.StoppedWhileStarting) as stopped:
         print(f"jvision: {stopped}", file=sys.stderr)
         sys.exit(preemption.EXIT_STATUS)

@@ -135,6 +135,42 @@ def load_config_module(path: str):
     return module
 
 
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of `--config=FILE[:ARG]`: FILE's `get_config(ARG)` (ARG None when absent).
+    `UserError` when the file cannot be loaded or refuses ARG."""
+    import os
+
+    from jvision.errors import UserError
+
+    path, arg = spec, None
+    head, colon, tail = spec.rpartition(":")
+    if colon and "/" not in tail and not os.path.exists(spec):
+        path, arg = head, tail
+    if not os.path.isfile(path):
+        raise UserError(f"cannot load the config file: {path} does not exist")
+    try:
+        config = load_config_module(path).get_config(arg)
+    except Exception as error:  # The file's own code failed: its message, on one line.
+        message = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
+        raise UserError(f"cannot load the config file {path}: {message}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
+    return config
+
+
+def suggestions(key: str, config: ml_collections.ConfigDict) -> str:
+    """ "; did you mean A or B?" for the keys of `config` closest to an unknown `key`, else ""."""
+    import difflib
+
+    keys = list(flatten(config.to_dict()))
+    keys += sorted({k.rsplit(".", 1)[0] for k in keys if "." in k})  # Sections too.
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if not close:  # The last part alone (`--config.total_step`, `--config.model.latnt_dim`).
+        name = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if difflib.get_close_matches(name, [k.rsplit(".", 1)[-1]], 1, 0.8)]
+    return f"; did you mean {' or '.join(close[:3])}?" if close else ""
+
+
 def _parse(text: str, current):
     """A command-line string as the type of the value it replaces."""
     import ast
@@ -167,7 +203,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
         for part in parents:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            raise UserError(f"unknown config key {key!r}; see the run's config.json")
+            raise UserError(f"unknown config key {key!r}{suggestions(key, config)}")
         try:
             node[name] = _parse(value, node[name]) if isinstance(value, str) else value
         except (TypeError, ValueError) as error:
@@ -225,6 +261,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"optimizer.{key}",
             "use a finite value of 0 or more",
         )
+
+
+def model_differences(saved: dict, current: dict) -> list[str]:
+    """The `model.*` keys whose values differ between two model configs (as JSON)."""
+    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+
+
+def settings_changes(saved: dict, current: dict) -> list[str]:
+    """`key: old -> new` for every setting (outside `model`) that a resumed run changes."""
+    old, new = (flatten({k: v for k, v in c.items() if k != "model"}) for c in (saved, current))
+    return [
+        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, "(absent)") != new.get(k, "(absent)")
+    ]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

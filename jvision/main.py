@@ -2,27 +2,35 @@
 
 `--config.KEY=VALUE` overrides any config key; `--config=FILE:tiny` selects a config's tiny variant.
 Bad input ends with one line on stderr and exit status 1; a run stopped by SIGTERM or Ctrl-C saves
-a checkpoint, says so in one line and exits with status 75 (rerun to resume). Several processes:
-`--distributed` (Cloud TPU, Slurm, GKE) or the three flags `--coordinator_address`,
-`--num_processes`, `--process_id`. The work is in `jvision.train`.
+a checkpoint, says so in one line and exits with status 75 (rerun to resume), also while it is
+still starting. Several processes: `--distributed` (Cloud TPU, Slurm, GKE) or the three flags
+`--coordinator_address`, `--num_processes`, `--process_id`. The work is in `jvision.train`.
 """
 
-from absl import app, flags
+from jvision import preemption
 
-from jvision import cli
+with preemption.command():  # First: a stop at any moment is one line and exit 75.
+    from absl import app
 
-_CONFIG = cli.define_run_flags("Directory for checkpoints, logs and results.")
+    from jvision import cli
+
+    _FLAGS = cli.RunFlags("Directory for checkpoints, logs and results.")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.hide_tensorflow_from_accelerators()
-    cli.initialize_processes()
-    from jvision import train
 
-    cli.run(lambda: train.train_and_evaluate(_CONFIG.value, flags.FLAGS.workdir))
+    def work():
+        cli.hide_tensorflow_from_accelerators()
+        cli.initialize_processes()
+        from jvision import train
+
+        train.train_and_evaluate(_FLAGS.config, _FLAGS.workdir)
+
+    cli.run(work)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_run_flags)
+    with preemption.command():
+        app.run(main, flags_parser=_FLAGS.parse)

@@ -11,19 +11,60 @@ With several processes (`jax.distributed`) they must stop at the same step. JAX'
 service (on by default) catches SIGTERM, tells every process, and makes
 `multihost_utils.reached_preemption_sync_point(step)` true on all of them at the same step; a
 SIGINT is forwarded to it as a SIGTERM. With one process a signal flag does the same.
+
+Before the loop (imports, data preparation, the model's compilation, the restore), a signal stops
+the process at once: `stop_while_starting()`, the first thing every command does, makes SIGTERM
+and SIGINT raise `StoppedWhileStarting`, which the command turns into one line and exit status 75
+(nothing of the run's state is lost: no step was taken since its last checkpoint). This module
+imports nothing heavy, so commands can install that before their imports.
 """
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 
-import jax
-from jax.experimental import multihost_utils
-
 EXIT_STATUS = 75
 INTERRUPTED_STATUS = 130
+
+
+class StoppedWhileStarting(BaseException):
+    """SIGTERM or SIGINT before the training loop (a BaseException, like KeyboardInterrupt, so
+    that no library's `except Exception` mistakes it for an error of its own)."""
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(
+            f"stopped by {signal_name} outside the training loop (starting up, or between "
+            "runs); nothing was lost: rerun the same command to start or resume"
+        )
+
+
+def _raise_stop(number: int, frame) -> None:
+    del frame
+    raise StoppedWhileStarting(signal.Signals(number).name)
+
+
+def stop_while_starting() -> None:
+    """From now until the training loop takes over, SIGTERM and SIGINT raise
+    `StoppedWhileStarting` (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, _raise_stop)
+
+
+@contextlib.contextmanager
+def command():
+    """The body of a command (its imports included): from its first instant, SIGTERM and
+    SIGINT outside the training loop end it with one line and exit status 75."""
+    stop_while_starting()
+    try:
+        yield
+    except StoppedWhileStarting as stopped:
+        print(f"jvision: {stopped}", file=sys.stderr)
+        sys.exit(EXIT_STATUS)
 
 
 class Stopped(Exception):
@@ -39,6 +80,8 @@ class Stopped(Exception):
 
 
 def _distributed() -> bool:
+    import jax
+
     return jax.distributed.is_initialized()
 
 
@@ -79,6 +122,8 @@ class StopRequests:
         """Whether to save and stop now, after `step` steps. Under jax.distributed every process
         must call this at every step (the same steps), and all get the same answer."""
         if _distributed():
+            from jax.experimental import multihost_utils
+
             if multihost_utils.reached_preemption_sync_point(step):
                 self.signal_name = self.signal_name or "SIGTERM"
                 return True

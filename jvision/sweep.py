@@ -14,15 +14,18 @@ the pretraining run of the same seed. `--aggregate_only` only aggregates existin
 import math
 import sys
 
-from absl import app, flags
+from jvision import preemption
 
-from jvision import cli
+with preemption.command():  # First: a stop at any moment is one line and exit 75.
+    from absl import app, flags
 
-_CONFIG = cli.define_run_flags("Root directory: one seed_<s>/ per seed.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
-_AGGREGATE_ONLY = flags.DEFINE_bool(
-    "aggregate_only", False, "Do not train; aggregate the seed workdirs found under --workdir."
-)
+    from jvision import cli
+
+    _FLAGS = cli.RunFlags("Root directory: one seed_<s>/ per seed.")
+    _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
+    _AGGREGATE_ONLY = flags.DEFINE_bool(
+        "aggregate_only", False, "Do not train; aggregate the seed workdirs found under --workdir."
+    )
 
 
 def seed_workdir(root, seed: int):
@@ -80,15 +83,16 @@ def run(config, root, seeds: list[int], train: bool = True) -> dict[str, dict]:
     results = {}
     for seed in seeds:
         workdir = seed_workdir(root, seed)
-        results_file = workdir / workdir_lib.RESULTS_FILE
-        done = results_file.exists() and (
-            workdir_lib.read_json(results_file)["step"] == config.total_steps
-        )
+        done = workdir_lib.finished_step(workdir) == config.total_steps
         if train and not done:
-            print(f"jvision.sweep: seed {seed} in {workdir}", file=sys.stderr)
+            print(f"jvision.sweep: seed {seed}: training in {workdir}", file=sys.stderr)
             trainer.train_and_evaluate(with_seed(config, seed), str(workdir))
-        if results_file.exists():
-            results[seed] = workdir_lib.read_json(results_file)
+        elif train:
+            print(
+                f"jvision.sweep: seed {seed}: finished already, reusing {workdir}", file=sys.stderr
+            )
+        if workdir_lib.finished_step(workdir) is not None:
+            results[seed] = workdir_lib.read_json(workdir / workdir_lib.RESULTS_FILE)
     if not results:
         raise UserError(f"no results.json under {root}/seed_*; run the sweep first")
     summary = aggregate(results)
@@ -108,14 +112,15 @@ def main(argv: list[str]) -> None:
     cli.initialize_processes()
     from jvision import workdir as workdir_lib
 
-    root = workdir_lib.path(flags.FLAGS.workdir)
+    root = workdir_lib.path(_FLAGS.workdir)
 
     def work():
-        summary = run(_CONFIG.value, root, seeds, train=not _AGGREGATE_ONLY.value)
+        summary = run(_FLAGS.config, root, seeds, train=not _AGGREGATE_ONLY.value)
         print(table(summary))
 
     cli.run(work)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_run_flags)
+    with preemption.command():
+        app.run(main, flags_parser=_FLAGS.parse)

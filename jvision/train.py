@@ -29,6 +29,7 @@ from jvision import (
     checkpoint,
     config_lib,
     evaluation,
+    init_from,
     models,
     optim,
     preemption,
@@ -171,7 +172,7 @@ def _open_workdir(workdir, config, state, train_data):
                 f"{workdir_lib.RESULTS_FILE} to train again here)"
             )
         if config.init_from.workdir:
-            checkpoint.initialise_from(state["model"], config.init_from, config.model)
+            init_from.apply(state["model"], config.init_from, config.model)
         return lock, ckpts, state, 0
     except BaseException:
         if ckpts is not None:  # Orbax's background threads must end before the interpreter.

@@ -21,6 +21,7 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 IMAGES_DIR = "images"
 CHECKPOINTS_DIR = "checkpoints"
+CHECKSUMS_FILE = "jvision_checksums.json"  # In each committed checkpoint step directory.
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -33,6 +34,21 @@ def path(workdir: str | os.PathLike) -> epath.Path:
     if is_uri(workdir):
         return epath.Path(os.fspath(workdir))
     return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
+
+
+def finished_step(workdir: epath.Path) -> int | None:
+    """The step `results.json` reports, when that step's checkpoint is committed and sealed;
+    None when the run has not finished, or its results and checkpoints disagree (a rerun of the
+    same command repairs that)."""
+    results = workdir / RESULTS_FILE
+    if not results.exists():
+        return None
+    try:
+        step = int(read_json(results)["step"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    sealed = workdir / CHECKPOINTS_DIR / str(step) / CHECKSUMS_FILE
+    return step if sealed.exists() else None
 
 
 def write_json(file: epath.Path, payload) -> None:

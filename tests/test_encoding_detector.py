@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 from helpers import load_config, run_main
 
+from jvision import checkpoint_reader
 from jvision.data import triplets
 from jvision.models import encoding_detector
 from jvision.ops import correlation
@@ -195,9 +196,8 @@ def test_tiny_run_reports_map_and_draws_heat_maps(tmp_path):
     metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
     assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
     assert {p.name for p in (tmp_path / "images").iterdir()} == {"detections.png", "heatmaps.png"}
-    from jvision import checkpoint
 
-    model, _ = checkpoint.load_model(tmp_path)
+    model, _ = checkpoint_reader.load_model(tmp_path)
     assert np.abs(model["bank"]).max() > 0  # The last checkpoint holds the calibrated bank.
 
 

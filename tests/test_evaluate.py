@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from jvision import checkpoint, evaluate, summaries
+from jvision import checksums, evaluate, summaries
 from jvision import workdir as workdir_lib
 from jvision.errors import UserError
 
@@ -68,7 +68,12 @@ def test_data_overrides_evaluate_other_splits_and_batch_sizes(tiny_run):
     run = evaluate.load(workdir, overrides={"eval_batch_size": "24"})
     assert run.config.eval_batch_size == 24
     on_train = run.evaluate(split="train[:40]")
-    assert set(on_train) == {"test/nelbo_nats", "test/recon_nats", "test/kl_nats"}
+    assert set(on_train) == {
+        "test/nelbo_nats",
+        "test/recon_nats",
+        "test/kl_nats",
+        "test/nll_is_nats",
+    }
     # eval_batch_size 12 is not a multiple of 8 devices: rounded up, padding rows masked.
     assert evaluate.load(workdir, overrides={"eval_batch_size": 12}).config.eval_batch_size == 16
 
@@ -99,7 +104,7 @@ def test_no_checkpoint_and_unknown_model(tmp_path, tiny_run):
         if meta.is_file() and '"model"' in meta.read_text():
             meta.write_text(meta.read_text().replace('"name": "vae"', '"name": "vqvae"'))
     for step_dir in (workdir / "checkpoints").iterdir():  # Intact, as such a version wrote it.
-        checkpoint.seal(workdir_lib.path(step_dir))
+        checksums.seal(workdir_lib.path(step_dir))
     with pytest.raises(UserError, match="unknown model.name 'vqvae'"):
         evaluate.load(workdir)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from jvision import checkpoint, evaluation, preemption, train
+from jvision import checkpoint, checkpoint_reader, checksums, evaluation, preemption, train
 from jvision.errors import UserError
 
 
@@ -24,7 +24,7 @@ def _tiny(**overrides):
 
 
 def _params(workdir):
-    return jax.tree.leaves(checkpoint.load_model(workdir)[0])
+    return jax.tree.leaves(checkpoint_reader.load_model(workdir)[0])
 
 
 def _assert_same_params(a, b):
@@ -67,7 +67,7 @@ def _truncate(path):
         lambda step: shutil.rmtree(step / "meta"),
         # No checksums to vouch for it and unreadable: set aside too.
         lambda step: (
-            (step / checkpoint.CHECKSUMS_FILE).unlink(),
+            (step / checksums.CHECKSUMS_FILE).unlink(),
             shutil.rmtree(step / "opt"),
         ),
     ],
@@ -77,7 +77,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_last_goo
     tmp_path, unbroken, damage, caplog
 ):
     train.train_and_evaluate(_tiny(total_steps=4), str(tmp_path))
-    assert (tmp_path / "checkpoints" / "4" / checkpoint.CHECKSUMS_FILE).exists()  # Sealed.
+    assert (tmp_path / "checkpoints" / "4" / checksums.CHECKSUMS_FILE).exists()  # Sealed.
     damage(tmp_path / "checkpoints" / "4")
     train.train_and_evaluate(_tiny(total_steps=6), str(tmp_path))
     assert (tmp_path / checkpoint.DAMAGED_DIR / "4").is_dir()  # Kept for inspection.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from jvision import checkpoint, train
+from jvision import checkpoint_reader, train
 from jvision.data import pipeline
 
 
@@ -172,8 +172,8 @@ def test_two_processes_train_stop_resume_and_equal_one_process(tmp_path):
 
     reference = tmp_path / "one"
     train.train_and_evaluate(_reference_config(), str(reference))
-    two, _ = checkpoint.load_model(workdir)
-    one, _ = checkpoint.load_model(reference)
+    two, _ = checkpoint_reader.load_model(workdir)
+    one, _ = checkpoint_reader.load_model(reference)
     for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     results = [json.loads((d / "results.json").read_text()) for d in (workdir, reference)]

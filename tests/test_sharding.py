@@ -6,7 +6,7 @@ import pytest
 from helpers import load_config
 from jax.sharding import PartitionSpec as P
 
-from jvision import checkpoint, models, sharding, train, workdir
+from jvision import checkpoint, checkpoint_reader, models, sharding, train, workdir
 from jvision.data import pipeline
 from jvision.errors import UserError
 
@@ -69,8 +69,8 @@ def test_fsdp_trains_to_the_data_parallel_parameters_and_resumes_sharded(tmp_pat
     train.train_and_evaluate(plain, str(tmp_path / "data"))
     sharded = _sgd(_fsdp(load_config("vae_mnist", "tiny")))
     train.train_and_evaluate(sharded, str(tmp_path / "fsdp"))
-    a, _ = checkpoint.load_model(tmp_path / "data")
-    b, _ = checkpoint.load_model(tmp_path / "fsdp")
+    a, _ = checkpoint_reader.load_model(tmp_path / "data")
+    b, _ = checkpoint_reader.load_model(tmp_path / "fsdp")
     # Tolerance: the sharded step sums partial results in another order (float rounding).
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from jvision import checkpoint, train
+from jvision import checkpoint_reader, train
 from jvision.errors import UserError
 
 
@@ -31,11 +31,11 @@ def test_resume_is_bit_identical_to_an_unbroken_run(tmp_path):
     straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
     train.train_and_evaluate(_tiny(total_steps=6, ckpt_every_steps=3), straight)
     train.train_and_evaluate(_tiny(total_steps=3, ckpt_every_steps=3), broken)
-    assert checkpoint.load_model(broken)[1]["step"] == 3
+    assert checkpoint_reader.load_model(broken)[1]["step"] == 3
     train.train_and_evaluate(_tiny(total_steps=6, ckpt_every_steps=3), broken)
 
-    state_a, meta_a = checkpoint.load_model(straight)
-    state_b, meta_b = checkpoint.load_model(broken)
+    state_a, meta_a = checkpoint_reader.load_model(straight)
+    state_b, meta_b = checkpoint_reader.load_model(broken)
     assert meta_a["step"] == meta_b["step"] == 6
     _assert_trees_equal(state_a, state_b)
     results = [json.load(open(os.path.join(d, "results.json"))) for d in (straight, broken)]
@@ -45,10 +45,10 @@ def test_resume_is_bit_identical_to_an_unbroken_run(tmp_path):
 def test_finished_run_only_reevaluates(tmp_path):
     workdir = str(tmp_path)
     first = train.train_and_evaluate(_tiny(), workdir)
-    state_before, _ = checkpoint.load_model(workdir)
+    state_before, _ = checkpoint_reader.load_model(workdir)
     again = train.train_and_evaluate(_tiny(), workdir)
     assert first == again
-    _assert_trees_equal(state_before, checkpoint.load_model(workdir)[0])
+    _assert_trees_equal(state_before, checkpoint_reader.load_model(workdir)[0])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
 
 
@@ -70,7 +70,7 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
     config.model.latent_dim = 6
     with pytest.raises(UserError, match=r"different model \(model.latent_dim differ"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpoint.load_model(str(tmp_path))[1]["step"] == 4
+    assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 4
 
 
 def test_nan_loss_stops_without_saving_it(tmp_path):
@@ -79,7 +79,7 @@ def test_nan_loss_stops_without_saving_it(tmp_path):
     config.optimizer.learning_rate = 1e30  # Adam's steps of ~lr overflow the parameters.
     with pytest.raises(UserError, match="became non-finite by step 4.*last good checkpoint is"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpoint.load_model(str(tmp_path))[1]["step"] == 2
+    assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 2
 
 
 def test_profiler_window_writes_a_trace(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from jvision import checkpoint, train
+from jvision import checkpoint_reader, init_from, train
 from jvision.errors import UserError
 from jvision.models import transfer
 
@@ -47,8 +47,8 @@ def test_freezing_selects_the_head_and_unfrozen_convs_only():
 def test_transfer_keeps_the_pretrained_encoder_and_trains_the_head(pretrained, tmp_path):
     results = train.train_and_evaluate(_transfer_config(pretrained), str(tmp_path))
     assert 0 <= results["test/top1"] <= 1
-    source, _ = checkpoint.load_model(pretrained)
-    trained, _ = checkpoint.load_model(str(tmp_path))
+    source, _ = checkpoint_reader.load_model(pretrained)
+    trained, _ = checkpoint_reader.load_model(str(tmp_path))
     for a, b in zip(
         jax.tree.leaves(source["encoder"]), jax.tree.leaves(trained["encoder"]), strict=True
     ):
@@ -62,9 +62,9 @@ def test_init_from_copies_exactly_the_named_subtree(pretrained):
     model = transfer.build(config.model, nnx.Rngs(0))
     state = nnx.state(model)
     before = nnx.to_pure_dict(nnx.clone(state))
-    checkpoint.initialise_from(state, config.init_from, config.model)
+    init_from.apply(state, config.init_from, config.model)
     after = nnx.to_pure_dict(state)
-    source, _ = checkpoint.load_model(pretrained)
+    source, _ = checkpoint_reader.load_model(pretrained)
     # Everything under `encoder` (kernels, BatchNorm scales and statistics) is the source's ...
     source_leaves = jax.tree.leaves(source["encoder"])
     assert len(source_leaves) == len(jax.tree.leaves(after["encoder"])) > 10
@@ -76,26 +76,26 @@ def test_init_from_copies_exactly_the_named_subtree(pretrained):
             np.testing.assert_array_equal(a, b)
     # A nested sub-tree works too.
     config.init_from.source, config.init_from.target = "encoder/conv1", "encoder/conv1"
-    checkpoint.initialise_from(nnx.state(model), config.init_from, config.model)
+    init_from.apply(nnx.state(model), config.init_from, config.model)
 
 
 def test_init_from_errors_are_clear(pretrained, tmp_path):
     config = _transfer_config(str(tmp_path / "none"))
     model_state = nnx.state(transfer.build(config.model, nnx.Rngs(0)))
     with pytest.raises(UserError, match="init_from.workdir .*none: .*holds no checkpoints"):
-        checkpoint.initialise_from(model_state, config.init_from, config.model)
+        init_from.apply(model_state, config.init_from, config.model)
     config.init_from.workdir = pretrained
     config.init_from.source = "decoder/nothing"
     with pytest.raises(UserError, match="init_from.source 'decoder/nothing' is not in the model"):
-        checkpoint.initialise_from(model_state, config.init_from, config.model)
+        init_from.apply(model_state, config.init_from, config.model)
     config.init_from.source, config.init_from.target = "encoder", "head"
     with pytest.raises(UserError, match="init_from.target 'head' is not in this model"):
-        checkpoint.initialise_from(model_state, config.init_from, config.model)
+        init_from.apply(model_state, config.init_from, config.model)
     config.init_from.target = ""
     config.model.scale = 8  # The pretraining used 4: the trunks differ.
     wider = nnx.state(transfer.build(config.model, nnx.Rngs(0)))
     with pytest.raises(UserError, match="does not fit .*model configs differ in model.scale"):
-        checkpoint.initialise_from(wider, config.init_from, config.model)
+        init_from.apply(wider, config.init_from, config.model)
 
 
 def test_cifar100_pretraining_and_transfer_run_on_mocked_tfds(tmp_path):

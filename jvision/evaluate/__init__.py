@@ -24,7 +24,15 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from jvision import checkpoint, config_lib, evaluation, evaluators, models, sharding, summaries
+from jvision import (
+    checkpoint_reader,
+    config_lib,
+    evaluation,
+    evaluators,
+    models,
+    sharding,
+    summaries,
+)
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -129,26 +137,31 @@ def load(
       UserError: no checkpoint, no such step, an unknown model, a bad override.
     """
     workdir = workdir_lib.path(workdir)
-    meta = checkpoint.read_meta(workdir, step)
-    config = config_lib.from_saved(meta["config"])
     overrides = dict(overrides or {})
     fixed = sorted(k for k in overrides if k == "model" or k.startswith("model."))
     if fixed:
         raise UserError(
             f"{', '.join(fixed)} cannot change at evaluation: the checkpoint fixes the model"
         )
-    config_lib.apply_overrides(config, overrides)
+    mesh = sharding.make_mesh()  # Data-parallel over this machine's devices.
+    built = {}
+
+    def target(meta: dict) -> dict:
+        """The model of the checkpoint's config, placed on every device: what to read into."""
+        config = config_lib.from_saved(meta["config"])
+        config_lib.apply_overrides(config, overrides)
+        family = models.get(config.model.name)
+        model = family.build(config.model, nnx.Rngs(config.seed))
+        state = jax.device_put(nnx.state(model), sharding.replicated(mesh))
+        built.update(config=config, family=family, graphdef=nnx.graphdef(model), state=state)
+        return nnx.to_pure_dict(state)
+
+    restored, meta = checkpoint_reader.load_model(workdir, step, target=target)
+    config, family, graphdef, state = (built[k] for k in ("config", "family", "graphdef", "state"))
+    nnx.replace_by_pure_dict(state, restored)
     if config.eval_batch_size % jax.device_count():  # Padding rows are masked: same metrics.
         config.eval_batch_size = _round_up(config.eval_batch_size, jax.device_count())
         logging.info("eval_batch_size rounded up to %d", config.eval_batch_size)
-    family = models.get(config.model.name)
-
-    mesh = sharding.make_mesh()  # Data-parallel over this machine's devices.
-    model = family.build(config.model, nnx.Rngs(config.seed))
-    state = jax.device_put(nnx.state(model), sharding.replicated(mesh))
-    restored, _ = checkpoint.load_model(workdir, meta["step"], target=nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, restored)
-    graphdef = nnx.graphdef(model)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     calibrate = evaluation.calibrator(family, config, mesh, graphdef, shardings)
     model = nnx.merge(graphdef, calibrate(state, meta["step"]))  # As the trainer evaluates it.

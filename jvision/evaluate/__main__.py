@@ -3,52 +3,42 @@
 
 Prints `{"step": N, "metrics": {...}}` (the format of `results.json`) as JSON on stdout and, with
 `--images`, writes the family's pictures there as PNGs. `--config.KEY=VALUE` changes what is
-evaluated (e.g. `--config.data.name=mnist --config.eval_batch_size=100`), never the model. Bad
-input ends with one line on stderr and exit status 1.
+evaluated (e.g. `--config.data.name=full_mnist --config.eval_batch_size=100`), never the model.
+Bad input ends with one line on stderr and exit status 1.
 """
 
 import json
 
-from absl import app, flags
+from jvision import preemption
 
-from jvision import cli
+with preemption.command():  # First: a stop at any moment is one line and exit 75.
+    from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
-_SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
-_IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
+    from jvision import cli
+
+    _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
+    _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+    _SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
+    _IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
 
 _OVERRIDES: dict[str, str] = {}
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flags, except `--config.KEY=VALUE`, which are collected as overrides."""
-    rest = [argv[0]]
-    for arg in argv[1:]:
-        if arg.startswith("--config."):
-            key, equals, value = arg[len("--config.") :].partition("=")
-            if not equals:
-                cli.fail(f"{arg}: write config overrides as --config.KEY=VALUE")
-            _OVERRIDES[key] = value
-        else:
-            rest.append(arg)
-    try:
-        rest = flags.FLAGS(rest)
-    except flags.Error as error:
-        cli.fail(str(error))
-    if _WORKDIR.value is None:
-        cli.fail("--workdir is required")
+    rest, overrides = cli.parse_flags(argv, required=("workdir",))
+    _OVERRIDES.update(overrides)
     return rest
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.hide_tensorflow_from_accelerators()
-    from jvision import evaluate, summaries
-    from jvision import workdir as workdir_lib
 
     def work():
+        cli.hide_tensorflow_from_accelerators()
+        from jvision import evaluate, summaries
+        from jvision import workdir as workdir_lib
+
         run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES)
         metrics = run.evaluate(_SPLIT.value)
         if _IMAGES.value:
@@ -62,4 +52,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    with preemption.command():
+        app.run(main, flags_parser=parse_flags)
