@@ -34,7 +34,7 @@ class CompiledStep:
 def compile_step(config) -> CompiledStep:
     family = models.get(config.model.name)
     mesh = sharding.make_mesh(config.mesh)
-    data, _ = pipeline.train_data(config)
+    data, _ = pipeline.train_data(config, models.bind(family.train_examples, config.model))
     host_batch = next(data)
     batch = sharding.global_batch(mesh, host_batch)
     layout, state = train.create_state(config, family, mesh)

@@ -27,6 +27,8 @@ from jvision import checksums, config_lib
 from jvision import workdir as workdir_lib
 from jvision.errors import UserError
 
+log = logging.getLogger(__name__)
+
 DAMAGED_DIR = "checkpoints_damaged"
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # In the name of a save Orbax has not committed.
 
@@ -47,14 +49,15 @@ def target(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def remove_unfinished_saves(checkpoints: epath.Path) -> None:
-    """Removes what saves cut short left (kill -9, a second Ctrl-C): Orbax's temporary
-    directories, never a committed step. Process 0 removes; every process then waits for it."""
+def remove_unfinished_saves(checkpoints: epath.Path, sync: bool = True) -> None:
+    """Removes what saves cut short left (kill -9, a second Ctrl-C, a full disk): Orbax's
+    temporary directories, never a committed step. Process 0 removes; with `sync`, every
+    process then waits for it."""
     if jax.process_index() == 0 and checkpoints.exists():
         for entry in checkpoints.iterdir():
             if TEMPORARY_MARK in entry.name:
                 entry.rmtree()
-    if jax.process_count() > 1:
+    if sync and jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("jvision_remove_unfinished_saves")
@@ -69,7 +72,7 @@ class Checkpoints:
         self._pending_step: int | None = None  # The step being saved, until it is sealed.
         remove_unfinished_saves(self.directory)
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            directory(workdir_lib.without_glob_characters(workdir)),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 create=False,  # Made by the first save: a refused run leaves no trace.
@@ -118,7 +121,7 @@ class Checkpoints:
             while destination.exists():
                 destination, copy = damaged / f"{step}.{copy}", copy + 1
             (self.directory / str(step)).rename(destination)
-            logging.warning(
+            log.warning(
                 "checkpoint step %d is damaged (%s): moved to %s", step, reason, destination
             )
         self.manager.reload()
@@ -178,7 +181,7 @@ class Checkpoints:
             for name in ("model", "opt"):
                 nnx.replace_by_pure_dict(state[name], restored[name])
             if skipped:
-                logging.warning(
+                log.warning(
                     "resuming from step %d, the newest intact checkpoint; skipped damaged "
                     "step(s) %s (kept in %s)",
                     step,
@@ -187,7 +190,7 @@ class Checkpoints:
                 )
             changes = config_lib.settings_changes(saved, as_json(config.to_dict()))
             if changes:  # Allowed (more steps, another eval split), but never silent.
-                logging.warning("resuming with settings changed since: %s", "; ".join(changes))
+                log.warning("resuming with settings changed since: %s", "; ".join(changes))
             return state, step
         if skipped:
             raise UserError(
@@ -202,5 +205,12 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the save in flight, then stops Orbax; what a failed save left is removed
+        (the error, e.g. a full disk, is raised)."""
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            try:
+                self.manager.close()
+            finally:
+                remove_unfinished_saves(self.directory, sync=False)

@@ -36,11 +36,12 @@ def _meta(workdir: epath.Path, step: int) -> dict:
         if not step_dir.exists() or not (step_dir / "meta").exists():
             raise FileNotFoundError(step_dir)
         raise UserError(f"checkpoint {step_dir} is damaged ({problem})")
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+    return workdir_lib.read_json(step_dir / "meta" / "metadata")
 
 
 def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
-    path = checkpoint.directory(workdir) / str(step) / "model"
+    orbax_workdir = workdir_lib.without_glob_characters(workdir)
+    path = checkpoint.directory(orbax_workdir) / str(step) / "model"
     reader = ocp.PyTreeCheckpointer()
     if target is None:
         as_numpy = jax.tree.map(

@@ -100,6 +100,15 @@ class RunFlags:
         return flags.FLAGS.workdir
 
 
+def configure_logs() -> None:
+    """jvision's lines on stderr, other libraries' warnings only (`jvision.logs`), unless the
+    command line gives absl's `--verbosity`."""
+    from jvision import logs
+
+    given = flags.FLAGS["verbosity"].present
+    logs.configure(flags.FLAGS.verbosity if given else None)
+
+
 def hide_tensorflow_from_accelerators() -> None:
     """TensorFlow (optional) is only used by TFDS and the TensorBoard writers: keep it quiet and
     off the GPUs, which belong to JAX. Without NVIDIA GPUs there is nothing to hide, and not
@@ -107,6 +116,7 @@ def hide_tensorflow_from_accelerators() -> None:
     import glob
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # It runs no compute here; nor its notice.
     if not glob.glob("/dev/nvidia[0-9]*"):
         return
     try:
@@ -131,9 +141,11 @@ def initialize_processes() -> None:
 
 
 def run(work) -> None:
-    """Runs `work()`: a `UserError` becomes one line and exit 1; a run stopped by SIGTERM or
-    Ctrl-C (after its checkpoint, or while starting) one line and exit 75."""
+    """Runs `work()`: a `UserError` becomes one line and exit 1, and so does a failing storage
+    (full, read-only, forbidden); a run stopped by SIGTERM or Ctrl-C (after its checkpoint, or
+    while starting) one line and exit 75."""
     from jvision import preemption
+    from jvision.errors import storage_failure
 
     try:
         work()
@@ -142,3 +154,8 @@ def run(work) -> None:
     except (preemption.Stopped, preemption.StoppedWhileStarting) as stopped:
         print(f"jvision: {stopped}", file=sys.stderr)
         sys.exit(preemption.EXIT_STATUS)
+    except Exception as error:
+        failure = storage_failure(error)
+        if failure is None:
+            raise
+        fail(f"{failure}; fix the storage and rerun the same command (nothing complete is lost)")

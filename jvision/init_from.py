@@ -17,6 +17,8 @@ from flax import nnx
 from jvision import checkpoint, checkpoint_reader
 from jvision.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 def _key(tree, name: str):
     """The key of `tree` spelled `name` (pure dicts of lists have int keys; read ones, str)."""
@@ -102,6 +104,4 @@ def apply(
     else:
         current = copied
     nnx.replace_by_pure_dict(model_state, current)
-    logging.info(
-        "initialised %s from %s of %s", target_path or "the model", init.source, init.workdir
-    )
+    log.info("initialised %s from %s of %s", target_path or "the model", init.source, init.workdir)

@@ -22,6 +22,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def work():
+        cli.configure_logs()
         cli.hide_tensorflow_from_accelerators()
         cli.initialize_processes()
         from jvision import train

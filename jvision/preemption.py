@@ -26,6 +26,8 @@ import signal
 import sys
 import threading
 
+log = logging.getLogger(__name__)
+
 EXIT_STATUS = 75
 INTERRUPTED_STATUS = 130
 
@@ -114,7 +116,7 @@ class StopRequests:
             print(message, file=sys.stderr)
             os._exit(INTERRUPTED_STATUS)
         self.signal_name = self.signal_name or name
-        logging.warning("%s: stopping after the current step, with a checkpoint", name)
+        log.warning("%s: stopping after the current step, with a checkpoint", name)
         if _distributed() and number == signal.SIGINT:
             os.kill(os.getpid(), signal.SIGTERM)  # Let JAX's service agree on the step.
 

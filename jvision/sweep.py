@@ -108,6 +108,7 @@ def main(argv: list[str]) -> None:
         seeds = [int(s) for s in _SEEDS.value]
     except ValueError:
         cli.fail(f"--seeds={','.join(_SEEDS.value)}: give comma-separated integers")
+    cli.configure_logs()
     cli.hide_tensorflow_from_accelerators()
     cli.initialize_processes()
     from jvision import workdir as workdir_lib

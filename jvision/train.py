@@ -15,6 +15,7 @@ boundary after a checkpoint (`jvision.preemption`).
 import dataclasses
 import logging
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ from jvision import (
     config_lib,
     evaluation,
     init_from,
+    logs,
     models,
     optim,
     preemption,
@@ -39,7 +41,9 @@ from jvision import (
 )
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
-from jvision.errors import UserError
+from jvision.errors import UserError, storage_failure
+
+log = logging.getLogger(__name__)
 
 
 def itstime(step: int, every: int, total: int) -> bool:
@@ -84,7 +88,14 @@ def create_state(
         optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=family.trainable(model))
         return {"model": model, "opt": optimizer}
 
-    abstract = nnx.eval_shape(build)
+    try:
+        abstract = nnx.eval_shape(build)
+    except (ArithmeticError, ValueError, TypeError) as error:  # E.g. a size of 0.
+        message = (str(error).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"the model does not build with this config ({type(error).__name__}: {message}); "
+            "check the model.* values"
+        ) from None
     shapes = {name: nnx.state(node) for name, node in abstract.items()}
     layout = StateLayout(
         graphdefs={name: nnx.graphdef(node) for name, node in abstract.items()},
@@ -95,11 +106,12 @@ def create_state(
         lambda: {name: nnx.state(node) for name, node in build().items()},
         out_shardings=layout.shardings,
     )()
-    logging.info(
+    parameters = nnx.to_pure_dict(nnx.state(abstract["model"], nnx.Param))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parameters))
+    log.info("model %s: %s parameters", config.model.name, f"{count:,}")
+    log.debug(
         "parameters:\n%s",
-        parameter_overview.get_parameter_overview(
-            nnx.to_pure_dict(nnx.state(abstract["model"], nnx.Param)), include_stats=False
-        ),
+        parameter_overview.get_parameter_overview(parameters, include_stats=False),
     )
     return layout, state
 
@@ -163,7 +175,7 @@ def _open_workdir(workdir, config, state, train_data):
         restored = ckpts.restore(state, train_data, config)
         if restored is not None:
             state, step = restored
-            logging.info("resuming from step %d", step)
+            log.info("workdir %s: resuming from step %d", workdir, step)
             return lock, ckpts, state, step
         if (workdir / workdir_lib.RESULTS_FILE).exists():
             raise UserError(
@@ -173,6 +185,7 @@ def _open_workdir(workdir, config, state, train_data):
             )
         if config.init_from.workdir:
             init_from.apply(state["model"], config.init_from, config.model)
+        log.info("workdir %s: a new run", workdir)
         return lock, ckpts, state, 0
     except BaseException:
         if ckpts is not None:  # Orbax's background threads must end before the interpreter.
@@ -191,8 +204,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     and `UserError` for bad input, before writing anything.
     """
     # ----------------------------------------------------------------------- checks
+    started = time.monotonic()
     config_lib.validate(config)
     family = models.get(config.model.name)
+    if not str(workdir).strip():
+        raise UserError("the workdir is empty; give the run's directory")
     try:
         workdir = workdir_lib.path(workdir)
     except OSError as error:
@@ -201,11 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ----------------------------------------------------------------------- mesh & data
     mesh = sharding.make_mesh(config.mesh)
-    logging.info(
-        "mesh %s: %d devices over %d processes",
-        dict(mesh.shape),
-        jax.device_count(),
-        jax.process_count(),
+    log.info(
+        "%s, %s, mesh %s",
+        logs.count(jax.device_count(), f"{jax.devices()[0].platform.upper()} device"),
+        logs.count(jax.process_count(), "process"),
+        " × ".join(f"{axis} {size}" for axis, size in mesh.shape.items()),
     )
     train_data, train_batch_spec = pipeline.train_data(
         config, models.bind(family.train_examples, config.model)
@@ -224,83 +240,114 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except OSError as error:  # The workdir cannot be created or read.
         raise UserError(f"--workdir {workdir}: {error.strerror or error}") from error
     saved_step = step if step else None
-    writer = None
     # Signals stop the run at a step boundary, also while it cleans up (then a second Ctrl-C
-    # exits at once).
-    with preemption.StopRequests() as stop:
-        try:
-            # ------------------------------------------------------------------- outputs
-            if is_chief:  # The run passed every check: now it may write.
-                lock.announce()
-                workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-            writer = writers.create(str(workdir), is_chief)
-            if not step:
-                settings = config_lib.flatten(config.to_dict())
-                scalars = {k: v for k, v in settings.items() if _is_scalar(v)}
-                writer.write_hparams(scalars)
+    # exits at once). At the end, also on errors: the checkpoint being written is finished or
+    # dropped, the logs flushed, the lock released, and the error that stopped the run reported.
+    with preemption.StopRequests() as stop, Closing(lock.release, ckpts.close) as closing:
+        # ----------------------------------------------------------------------- outputs
+        if is_chief:  # The run passed every check: now it may write.
+            lock.announce()
+            workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+        writer = writers.create(str(workdir), is_chief)
+        closing.add(writer.close)
+        if not step:
+            settings = config_lib.flatten(config.to_dict())
+            writer.write_hparams({k: v for k, v in settings.items() if _is_scalar(v)})
 
-            def evaluate_and_write(step: int, final: bool) -> tuple[dict[str, float], dict]:
-                """Evaluates (the model state takes its calibration) and writes the metrics and
-                pictures to TensorBoard. Returns the metrics and the pictures."""
-                state["model"], results, grids = evaluate(state["model"], step, final)
-                pictures = {name: summaries.image_grid(grid) for name, grid in grids.items()}
-                writer.write_scalars(step, results)
-                writer.write_images(step, pictures)
-                logging.info("step %d: %s", step, results)
-                return results, pictures
+        def evaluate_and_write(step: int, final: bool) -> tuple[dict[str, float], dict]:
+            """Evaluates (the model state takes its calibration) and writes the metrics and
+            pictures to TensorBoard. Returns the metrics and the pictures."""
+            state["model"], results, grids = evaluate(state["model"], step, final)
+            pictures = {name: summaries.image_grid(grid) for name, grid in grids.items()}
+            writer.write_scalars(step, results)
+            writer.write_images(step, pictures)
+            log.info("step %d, evaluation: %s", step, logs.metrics(results))
+            return results, pictures
 
-            # ------------------------------------------------------------------- train loop
-            total = config.total_steps
-            hooks = writers.hooks(config, str(workdir), writer, is_chief)
-            replicated = sharding.replicated(mesh)
-            metrics = jax.device_put(TrainMetrics.empty(), replicated)
-            while True:
-                if stop.should_stop(step):  # Every process asks at every step.
-                    if saved_step != step:
-                        ckpts.save(step, state, train_data, config)
-                    ckpts.wait()
-                    raise preemption.Stopped(step, stop.signal_name, str(ckpts.directory))
-                if step >= total:
-                    break
-                batch = sharding.global_batch(mesh, next(train_data))
-                state, metrics = train_step(state, metrics, batch, jnp.int32(step))
-                step += 1
-                for hook in hooks:
-                    hook(step)
-                log = itstime(step, config.log_every_steps, total)
-                # The last step's checkpoint is saved after the final evaluation, below.
-                save = step < total and itstime(step, config.ckpt_every_steps, total)
-                if log or save:  # Never save a non-finite state.
-                    values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
-                    _check_finite(values, step, ckpts)
-                    if log:
-                        writer.write_scalars(step, values)
-                        metrics = jax.device_put(TrainMetrics.empty(), replicated)
-                if save:
+        # ----------------------------------------------------------------------- train loop
+        total = config.total_steps
+        hooks = writers.hooks(config, str(workdir), writer, is_chief)
+        replicated = sharding.replicated(mesh)
+        metrics = jax.device_put(TrainMetrics.empty(), replicated)
+        progress = logs.Progress(step, total)
+        while True:
+            if stop.should_stop(step):  # Every process asks at every step.
+                if saved_step != step:
                     ckpts.save(step, state, train_data, config)
-                    saved_step = step
-                if step < total and itstime(step, config.eval_every_steps, total):
-                    evaluate_and_write(step, final=False)
-
-            # --------------------------------------------------------------- final evaluation
-            results, pictures = evaluate_and_write(step, final=True)
-            if saved_step != step:  # The checkpoint the results are of (calibrated, if so).
+                ckpts.wait()
+                raise preemption.Stopped(step, stop.signal_name, str(ckpts.directory))
+            if step >= total:
+                break
+            batch = sharding.global_batch(mesh, next(train_data))
+            state, metrics = train_step(state, metrics, batch, jnp.int32(step))
+            step += 1
+            for hook in hooks:
+                hook(step)
+            log_now = itstime(step, config.log_every_steps, total)
+            # The last step's checkpoint is saved after the final evaluation, below.
+            save = step < total and itstime(step, config.ckpt_every_steps, total)
+            if log_now or save:  # Never save a non-finite state.
+                values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
+                _check_finite(values, step, ckpts)
+                if log_now:
+                    writer.write_scalars(step, values)
+                    log.info(progress.line(step, values["train/loss"]))
+                    metrics = jax.device_put(TrainMetrics.empty(), replicated)
+            if save:
                 ckpts.save(step, state, train_data, config)
-            ckpts.wait()  # Committed before anything claims it.
-            if is_chief:
-                images = workdir / workdir_lib.IMAGES_DIR
-                images.mkdir(parents=True, exist_ok=True)
-                for name, picture in pictures.items():
-                    workdir_lib.save_png(images / f"{name}.png", picture[0])
-                workdir_lib.write_json(
-                    workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
+                saved_step = step
+            if step < total and itstime(step, config.eval_every_steps, total):
+                evaluate_and_write(step, final=False)
+
+        # ----------------------------------------------------------------------- final evaluation
+        results, pictures = evaluate_and_write(step, final=True)
+        if saved_step != step:  # The checkpoint the results are of (calibrated, if so).
+            ckpts.save(step, state, train_data, config)
+        ckpts.wait()  # Committed before anything claims it.
+        if is_chief:
+            images = workdir / workdir_lib.IMAGES_DIR
+            images.mkdir(parents=True, exist_ok=True)
+            for name, picture in pictures.items():
+                workdir_lib.save_png(images / f"{name}.png", picture[0])
+            workdir_lib.write_json(
+                workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
+            )
+    log.info(
+        "done: step %d in %s; %s; results in %s",
+        step,
+        logs.duration(time.monotonic() - started),
+        logs.metrics(results),
+        workdir / workdir_lib.RESULTS_FILE,
+    )
+    return results
+
+
+class Closing:
+    """Calls its closers at exit, the last added first. An error while closing is logged, and
+    raised only when no other error is on its way out (it must not hide what stopped the run)."""
+
+    def __init__(self, *closers):
+        self._closers = list(closers)
+
+    def add(self, closer) -> None:
+        self._closers.append(closer)
+
+    def __enter__(self) -> "Closing":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        first = None
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception as failure:
+                quiet = error is not None and storage_failure(failure)  # Said once, by the error.
+                (log.debug if quiet else log.warning)(
+                    "while closing the run: %s: %s", type(failure).__name__, failure
                 )
-            return results
-        finally:  # Also on errors: finish the checkpoint being written, flush the logs, unlock.
-            ckpts.close()
-            if writer is not None:
-                writer.close()
-            lock.release()
+                first = first or failure
+        if first is not None and error is None:
+            raise first
 
 
 def _is_scalar(value) -> bool:

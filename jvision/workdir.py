@@ -12,10 +12,13 @@ All workdir I/O goes through `etils.epath`, so `gs://bucket/run` works wherever 
 
 import io
 import json
+import logging
 import os
 
 import numpy as np
 from etils import epath
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -36,6 +39,38 @@ def path(workdir: str | os.PathLike) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
 
 
+GLOB_CHARACTERS = "[]*?"
+
+
+def without_glob_characters(folder: epath.Path) -> epath.Path:
+    """`folder` as Orbax and tensorstore may be given it. They find a checkpoint's parts with
+    glob patterns built from its path, so `[`, `]`, `*`, `?` in it would be read as patterns
+    (`run[1]` matches `run1`, not itself). A local folder with them is reached through a
+    symbolic link in the temporary directory instead (one per folder, named by its hash; the
+    folder must exist). A bucket path with them is refused."""
+    import hashlib
+    import tempfile
+
+    from jvision.errors import UserError
+
+    text = os.fspath(folder)
+    if not any(c in text for c in GLOB_CHARACTERS):
+        return folder
+    if is_uri(text):
+        raise UserError(
+            f"{text}: a bucket workdir cannot contain any of {GLOB_CHARACTERS} (Orbax reads "
+            "them as patterns); choose another name"
+        )
+    links = os.path.join(tempfile.gettempdir(), f"jvision-paths-{os.getuid()}")
+    os.makedirs(links, exist_ok=True)
+    link = os.path.join(links, hashlib.sha256(text.encode()).hexdigest()[:32])
+    if not (os.path.islink(link) and os.readlink(link) == text):
+        temporary = f"{link}.{os.getpid()}"
+        os.symlink(text, temporary)
+        os.replace(temporary, link)  # Atomic: concurrent processes agree.
+    return epath.Path(link)
+
+
 def finished_step(workdir: epath.Path) -> int | None:
     """The step `results.json` reports, when that step's checkpoint is committed and sealed;
     None when the run has not finished, or its results and checkpoints disagree (a rerun of the
@@ -51,13 +86,25 @@ def finished_step(workdir: epath.Path) -> int | None:
     return step if sealed.exists() else None
 
 
-def write_json(file: epath.Path, payload) -> None:
-    """Writes `payload` as JSON atomically on local disks (a temporary file, then a rename), so a
-    reader never sees half a file."""
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str)
+def write_atomically(file: epath.Path, data: bytes) -> None:
+    """Writes a whole file so that a reader never sees half of it, and a failed write (a full
+    disk) leaves the old file, not a truncated one: on disks, a temporary file renamed over it
+    (removed when the write fails); in a bucket an object appears whole when its upload ends."""
+    if is_uri(file):
+        file.write_bytes(data)
+        return
     temporary = file.parent / f".{file.name}.tmp"
-    temporary.write_text(text)
-    temporary.replace(file)
+    try:
+        temporary.write_bytes(data)
+        temporary.replace(file)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_json(file: epath.Path, payload) -> None:
+    """Writes `payload` as JSON, atomically (`write_atomically`)."""
+    write_atomically(file, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_json(file: epath.Path):
@@ -70,7 +117,7 @@ def save_png(file: epath.Path, picture: np.ndarray) -> None:
 
     buffer = io.BytesIO()
     Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buffer, "PNG")
-    file.write_bytes(buffer.getvalue())
+    write_atomically(file, buffer.getvalue())
 
 
 HOLDER_FILE = ".jvision_lock.json"
@@ -81,7 +128,8 @@ class Lock:
 
     The OS releases it when the holder exits or dies (kill -9 included), so it never goes stale.
     While held, `HOLDER_FILE` names the holder (pid, host, start) for the one-line refusal; it is
-    written only once the run has passed its checks, and removed at exit. Local disks and NFSv4
+    written only once the run has passed its checks (a refused run writes nothing), removed at
+    exit, and a record whose pid is dead on this host is not believed. Local disks and NFSv4
     enforce it across hosts; on a bucket (`gs://`) nothing can: there, make sure one job writes a
     workdir (the launch scripts run one job per workdir).
     """
@@ -93,12 +141,11 @@ class Lock:
     def acquire(self) -> None:
         """Takes the lock (creating the workdir if needed); `UserError` if another run holds it."""
         import fcntl
-        import logging
 
         from jvision.errors import UserError
 
         if is_uri(self.root):
-            logging.warning("no lock on %s: buckets cannot be locked", self.root)
+            log.warning("no lock on %s: buckets cannot be locked", self.root)
             return
         self.root.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.root, os.O_RDONLY)
@@ -113,11 +160,18 @@ class Lock:
         self._descriptor = descriptor
 
     def _holder(self) -> str:
+        """Who holds the lock, as its holder recorded it; a record left by a run that died
+        (kill -9: its pid is gone from this host) names nobody."""
+        import socket
+
         try:
             holder = read_json(self.root / HOLDER_FILE)
-            return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
-        except (OSError, ValueError, KeyError):
-            return "starting up"
+            pid, host, since = int(holder["pid"]), holder["host"], holder["since"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a run starting up: it has not recorded itself yet"
+        if host == socket.gethostname() and not _alive(pid):
+            return "a run starting up: the record there is a dead run's"
+        return f"pid {pid} on {host}, since {since}"
 
     def announce(self) -> None:
         """Records who holds the lock (after the run's checks, so refused runs write nothing)."""
@@ -130,7 +184,23 @@ class Lock:
             write_json(self.root / HOLDER_FILE, holder)
 
     def release(self) -> None:
+        """Drops the lock; its record is removed where the workdir can still be written."""
         if self._descriptor is not None:
-            (self.root / HOLDER_FILE).unlink(missing_ok=True)
+            try:
+                if (self.root / HOLDER_FILE).exists():
+                    (self.root / HOLDER_FILE).unlink()
+            except OSError:  # A read-only or full workdir: the record stays, naming a dead pid.
+                pass
             os.close(self._descriptor)  # Closing the descriptor drops the flock.
             self._descriptor = None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # Someone else's process: alive.
+        return True
+    return True

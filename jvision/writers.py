@@ -14,6 +14,8 @@ import time
 import jax
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 def _tensorflow_available() -> bool:
     try:
@@ -27,7 +29,7 @@ class LoggingOnly:
     """What processes other than 0 write: the log only."""
 
     def write_scalars(self, step: int, scalars: dict) -> None:
-        logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
+        log.debug("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
 
     def write_images(self, step: int, images: dict) -> None:
         del step, images
@@ -143,7 +145,7 @@ def create(logdir: str, is_chief: bool):
         return metric_writers.create_default_writer(
             logdir, just_logging=not is_chief, asynchronous=True
         )
-    logging.info("TensorFlow is not installed: writing TensorBoard events without it")
+    log.info("TensorFlow is not installed: writing TensorBoard events without it")
     return EventWriter(logdir) if is_chief else LoggingOnly()
 
 

@@ -21,8 +21,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from jvision import logs
 from jvision.data import sources
 from jvision.errors import UserError
+
+log = logging.getLogger(__name__)
 
 EVAL_BINARIZE_SEED = 1234  # Eval binarization is fixed so eval numbers depend on params only.
 BINARIZE_MODES = ("dynamic", "none")
@@ -190,7 +193,8 @@ def train_data(config: ml_collections.ConfigDict, examples=None):
     data = config.data
     check_batch_size(config.batch_size, "batch_size")
     source = _source(data, data.train_split)
-    logging.info("train data: %s[%s], %d examples", data.name, data.train_split, len(source))
+    size = logs.count(len(source), "example")
+    log.info("train data: %s[%s], %s", data.name, data.train_split, size)
     rows = ProcessRows(config.batch_size)
     indices = grain.MapDataset.range(len(source))
     if data.shuffle:
@@ -234,7 +238,7 @@ class EvalData:
         self.source = _source(data, split)
         self.make = examples(self.source) if examples else None
         self.size = len(self.source)
-        logging.info("eval data: %s[%s], %d examples", data.name, split, self.size)
+        log.debug("eval data: %s[%s], %d examples", data.name, split, self.size)
         self.rows = ProcessRows(config.eval_batch_size)
         self.resize = ResizeCrop(data.image_size) if data.image_size else None
         self.decode = Decode(sources.spec(data.name).pixel_max)

@@ -9,13 +9,16 @@ imagenet2012, the archives in TFDS's manual_dir). Two prepares of one dataset at
 waits for the first and finds it ready. Bad input or a failed download: one line, exit 1.
 """
 
-from absl import app, flags
+from jvision import preemption
 
-from jvision import cli
-from jvision.data import sources
+with preemption.command():  # First: a stop at any moment is one line and exit 75.
+    from absl import app, flags
 
-_DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(sources.DATASETS), "Dataset.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
+    from jvision import cli
+    from jvision.data import sources
+
+    _DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(sources.DATASETS), "Dataset.")
+    _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
 
 
 def main(argv):
@@ -23,6 +26,7 @@ def main(argv):
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def work():
+        cli.configure_logs()
         name = _DATASET.value
         directory = sources.data_dir(_DATA_DIR.value)
         dataset = sources.spec(name)
@@ -37,4 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_plain_flags)
+    with preemption.command():
+        app.run(main, flags_parser=cli.parse_plain_flags)

@@ -37,6 +37,8 @@ from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class Run:
@@ -161,7 +163,7 @@ def load(
     nnx.replace_by_pure_dict(state, restored)
     if config.eval_batch_size % jax.device_count():  # Padding rows are masked: same metrics.
         config.eval_batch_size = _round_up(config.eval_batch_size, jax.device_count())
-        logging.info("eval_batch_size rounded up to %d", config.eval_batch_size)
+        log.info("eval_batch_size rounded up to %d", config.eval_batch_size)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     calibrate = evaluation.calibrator(family, config, mesh, graphdef, shardings)
     model = nnx.merge(graphdef, calibrate(state, meta["step"]))  # As the trainer evaluates it.

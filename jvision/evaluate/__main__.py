@@ -35,6 +35,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def work():
+        cli.configure_logs()
         cli.hide_tensorflow_from_accelerators()
         from jvision import evaluate, summaries
         from jvision import workdir as workdir_lib
