@@ -33,7 +33,9 @@ def _meta(workdir: epath.Path, step: int) -> dict:
     step_dir = checkpoint.directory(workdir) / str(step)
     problem = checksums.verify(step_dir)
     if problem:
-        if not step_dir.exists() or not (step_dir / "meta").exists():
+        gone = not step_dir.exists() or not (step_dir / "meta").exists()
+        # In a bucket, a save in flight is its step directory, not yet committed.
+        if gone or checkpoint.is_unfinished(step_dir):
             raise FileNotFoundError(step_dir)
         raise UserError(f"checkpoint {step_dir} is damaged ({problem})")
     return workdir_lib.read_json(step_dir / "meta" / "metadata")
@@ -57,24 +59,31 @@ def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
     return reader.restore(path, args=args)
 
 
-def _first_readable(workdir: epath.Path, step: int | None, read):
-    """`read(step)` of the given step, or of the newest step that reads whole."""
+def _first_readable(workdir: epath.Path, step: int | None, read, attempts: int = 5):
+    """`read(step)` of the given step, or of the newest step that reads whole: the steps are
+    listed again when every listed one vanished while read (a run saving at every step)."""
     steps = _steps(workdir)
-    if step is not None and step not in steps:
-        raise UserError(
-            f"{workdir} has no checkpoint at step {step}; its steps: "
-            f"{', '.join(map(str, sorted(steps)))}"
-        )
-    for candidate in [step] if step is not None else steps:
+    if step is not None:
+        if step not in steps:
+            raise UserError(
+                f"{workdir} has no checkpoint at step {step}; its steps: "
+                f"{', '.join(map(str, sorted(steps)))}"
+            )
         try:
-            return read(candidate)
-        except FileNotFoundError:  # Rotated away meanwhile, or an unfinished save.
-            if step is not None:
-                raise UserError(
-                    f"{workdir}: checkpoint step {step} was removed (or never finished) while "
-                    "being read; leave out the step to take the newest"
-                ) from None
-    raise UserError(f"{workdir} holds no complete checkpoint (steps {steps} vanished while read)")
+            return read(step)
+        except FileNotFoundError:
+            raise UserError(
+                f"{workdir}: checkpoint step {step} was removed (or never finished) while being "
+                "read; leave out the step to take the newest"
+            ) from None
+    for _ in range(attempts):
+        for candidate in steps:
+            try:
+                return read(candidate)
+            except FileNotFoundError:  # Rotated away meanwhile, or an unfinished save.
+                continue
+        steps = _steps(workdir)
+    raise UserError(f"{workdir} holds no complete checkpoint (its steps vanished while read)")
 
 
 def read_meta(workdir: str | epath.Path, step: int | None = None) -> dict:
@@ -108,7 +117,7 @@ def load_model(
         tree = target(meta) if callable(target) else target
         try:
             return _model(workdir, candidate, tree), meta
-        except (FileNotFoundError, ValueError) as error:
+        except Exception as error:  # Whatever Orbax raises when the files vanish under it.
             if (checkpoint.directory(workdir) / str(candidate)).exists():
                 raise
             raise FileNotFoundError(candidate) from error  # Rotated away while being read.

@@ -48,8 +48,10 @@ def parse_flags(argv: list[str], required: tuple[str, ...] = ()) -> tuple[list[s
     except flags.Error as error:
         fail(str(error).strip().splitlines()[-1].strip())
     for name in required:
-        if not flags.FLAGS[name].value:
+        if flags.FLAGS[name].value is None:
             fail(f"--{name} is required")
+        if not str(flags.FLAGS[name].value).strip():  # E.g. an unset $WORKDIR.
+            fail(f"--{name} is empty; give a value")
     return rest, overrides
 
 
@@ -83,14 +85,16 @@ class RunFlags:
 
     def parse(self, argv: list[str]) -> list[str]:
         """The flags parser for `absl.app.run`: loads the config and applies the overrides."""
-        from jvision import config_lib
+        from jvision import config_lib, models
 
         rest, overrides = parse_flags(argv, required=("config", "workdir"))
-        if not flags.FLAGS.workdir.strip():
-            fail("--workdir is empty; give the run's directory")
         try:
             self.config = config_lib.load(flags.FLAGS.config)
             config_lib.apply_overrides(self.config, overrides)
+            # What can be checked before the heavy imports is, so that bad input is refused in
+            # a fraction of a second (the trainer checks it again, for library callers).
+            config_lib.validate(self.config)
+            models.check_name(self.config.model.name)
         except UserError as error:
             fail(str(error))
         return rest
@@ -142,8 +146,8 @@ def initialize_processes() -> None:
 
 def run(work) -> None:
     """Runs `work()`: a `UserError` becomes one line and exit 1, and so does a failing storage
-    (full, read-only, forbidden); a run stopped by SIGTERM or Ctrl-C (after its checkpoint, or
-    while starting) one line and exit 75."""
+    (full, read-only, forbidden); a run stopped by SIGTERM or Ctrl-C (after its checkpoint) one
+    line and exit 75."""
     from jvision import preemption
     from jvision.errors import storage_failure
 
@@ -151,7 +155,7 @@ def run(work) -> None:
         work()
     except UserError as error:
         fail(str(error))
-    except (preemption.Stopped, preemption.StoppedWhileStarting) as stopped:
+    except preemption.Stopped as stopped:
         print(f"jvision: {stopped}", file=sys.stderr)
         sys.exit(preemption.EXIT_STATUS)
     except Exception as error:

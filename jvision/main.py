@@ -9,12 +9,14 @@ still starting. Several processes: `--distributed` (Cloud TPU, Slurm, GKE) or th
 
 from jvision import preemption
 
-with preemption.command():  # First: a stop at any moment is one line and exit 75.
-    from absl import app
+if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
+    preemption.stop_while_starting()
 
-    from jvision import cli
+from absl import app  # noqa: E402
 
-    _FLAGS = cli.RunFlags("Directory for checkpoints, logs and results.")
+from jvision import cli  # noqa: E402
+
+_FLAGS = cli.RunFlags("Directory for checkpoints, logs and results.")
 
 
 def main(argv: list[str]) -> None:
@@ -33,5 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with preemption.command():
-        app.run(main, flags_parser=_FLAGS.parse)
+    app.run(main, flags_parser=_FLAGS.parse)

@@ -12,14 +12,15 @@ service (on by default) catches SIGTERM, tells every process, and makes
 `multihost_utils.reached_preemption_sync_point(step)` true on all of them at the same step; a
 SIGINT is forwarded to it as a SIGTERM. With one process a signal flag does the same.
 
-Before the loop (imports, data preparation, the model's compilation, the restore), a signal stops
-the process at once: `stop_while_starting()`, the first thing every command does, makes SIGTERM
-and SIGINT raise `StoppedWhileStarting`, which the command turns into one line and exit status 75
-(nothing of the run's state is lost: no step was taken since its last checkpoint). This module
-imports nothing heavy, so commands can install that before their imports.
+Before the loop (imports, data preparation, the model's compilation, the restore) and after it,
+nothing of the run is being written, so a signal there ends the process at once: the first thing
+every command does is `stop_while_starting()`, after which SIGTERM and SIGINT print one line and
+exit with status 75 (the workdir is as its last checkpoint left it; a dataset half-prepared is a
+temporary directory TFDS does not use). Exiting, rather than raising an exception, is deliberate:
+an exception raised inside an import or a C extension's initialisation turns into another error.
+This module imports nothing heavy, so commands can install that before their own imports.
 """
 
-import contextlib
 import logging
 import os
 import signal
@@ -32,41 +33,24 @@ EXIT_STATUS = 75
 INTERRUPTED_STATUS = 130
 
 
-class StoppedWhileStarting(BaseException):
-    """SIGTERM or SIGINT before the training loop (a BaseException, like KeyboardInterrupt, so
-    that no library's `except Exception` mistakes it for an error of its own)."""
-
-    def __init__(self, signal_name: str):
-        self.signal_name = signal_name
-        super().__init__(
-            f"stopped by {signal_name} outside the training loop (starting up, or between "
-            "runs); nothing was lost: rerun the same command to start or resume"
-        )
-
-
-def _raise_stop(number: int, frame) -> None:
+def _exit_stopped(number: int, frame) -> None:
     del frame
-    raise StoppedWhileStarting(signal.Signals(number).name)
+    name = signal.Signals(number).name
+    print(
+        f"jvision: stopped by {name} outside the training loop (starting up, or between runs); "
+        "nothing was lost: rerun the same command to start or resume",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(EXIT_STATUS)
 
 
 def stop_while_starting() -> None:
-    """From now until the training loop takes over, SIGTERM and SIGINT raise
-    `StoppedWhileStarting` (main thread only)."""
+    """From now until the training loop takes over (and again after it), SIGTERM and SIGINT
+    end the process with one line and exit status 75 (main thread only)."""
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, _raise_stop)
-
-
-@contextlib.contextmanager
-def command():
-    """The body of a command (its imports included): from its first instant, SIGTERM and
-    SIGINT outside the training loop end it with one line and exit status 75."""
-    stop_while_starting()
-    try:
-        yield
-    except StoppedWhileStarting as stopped:
-        print(f"jvision: {stopped}", file=sys.stderr)
-        sys.exit(EXIT_STATUS)
+            signal.signal(number, _exit_stopped)
 
 
 class Stopped(Exception):

@@ -10,12 +10,40 @@ import numpy as np
 
 
 def as_rows(images: np.ndarray, columns: int) -> np.ndarray:
-    """[N, H, W, C] -> [ceil(N / columns), columns, H, W, C], padding the last row with zeros."""
+    """[N, H, W, C] -> [N / c, c, H, W, C] with c the largest divisor of N up to `columns`: whole
+    rows, no padding tiles."""
     images = np.asarray(images)
     count = images.shape[0]
-    rows = -(-count // columns)
-    padding = np.zeros((rows * columns - count, *images.shape[1:]), images.dtype)
-    return np.concatenate([images, padding]).reshape(rows, columns, *images.shape[1:])
+    columns = max(c for c in range(1, min(columns, count) + 1) if count % c == 0)
+    return images.reshape(count // columns, columns, *images.shape[1:])
+
+
+def text_tile(text: str, height: int, width: int, channels: int, size: int = 0) -> np.ndarray:
+    """A [height, width, channels] tile of `text`, white on black, in PIL's built-in font
+    (`size` in pixels; default: as large as fits)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = size or max(6, min(height, 2 * width // max(len(text), 1)) - 2)
+    font = ImageFont.load_default(size=size)
+    tile = Image.new("L", (width, height))
+    draw = ImageDraw.Draw(tile)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    position = ((width - (right - left)) / 2 - left, (height - (bottom - top)) / 2 - top)
+    draw.text(position, text, fill=255, font=font)
+    tile = np.asarray(tile, np.float32)[..., None] / 255
+    return np.repeat(tile, channels, axis=-1)
+
+
+def with_column_labels(grid, labels: list[str]) -> np.ndarray:
+    """A grid [rows, columns, H, W, C] with a first row naming its columns (`labels` repeated
+    along the row): e.g. ["in", "out"] over input / reconstruction pairs."""
+    grid = np.asarray(grid)
+    _, columns, height, width, channels = grid.shape
+    size = max(6, min(height, 2 * width // max(map(len, labels))) - 2)  # One size: the longest's.
+    tiles = [
+        text_tile(labels[c % len(labels)], height, width, channels, size) for c in range(columns)
+    ]
+    return np.concatenate([np.stack(tiles)[None].astype(grid.dtype), grid])
 
 
 def to_rgb(images: np.ndarray) -> np.ndarray:

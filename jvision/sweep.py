@@ -16,16 +16,18 @@ import sys
 
 from jvision import preemption
 
-with preemption.command():  # First: a stop at any moment is one line and exit 75.
-    from absl import app, flags
+if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
+    preemption.stop_while_starting()
 
-    from jvision import cli
+from absl import app, flags  # noqa: E402
 
-    _FLAGS = cli.RunFlags("Root directory: one seed_<s>/ per seed.")
-    _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
-    _AGGREGATE_ONLY = flags.DEFINE_bool(
-        "aggregate_only", False, "Do not train; aggregate the seed workdirs found under --workdir."
-    )
+from jvision import cli  # noqa: E402
+
+_FLAGS = cli.RunFlags("Root directory: one seed_<s>/ per seed.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
+_AGGREGATE_ONLY = flags.DEFINE_bool(
+    "aggregate_only", False, "Do not train; aggregate the seed workdirs found under --workdir."
+)
 
 
 def seed_workdir(root, seed: int):
@@ -88,9 +90,7 @@ def run(config, root, seeds: list[int], train: bool = True) -> dict[str, dict]:
             print(f"jvision.sweep: seed {seed}: training in {workdir}", file=sys.stderr)
             trainer.train_and_evaluate(with_seed(config, seed), str(workdir))
         elif train:
-            print(
-                f"jvision.sweep: seed {seed}: finished already, reusing {workdir}", file=sys.stderr
-            )
+            print(f"jvision.sweep: seed {seed}: finished, reusing {workdir}", file=sys.stderr)
         if workdir_lib.finished_step(workdir) is not None:
             results[seed] = workdir_lib.read_json(workdir / workdir_lib.RESULTS_FILE)
     if not results:
@@ -123,5 +123,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with preemption.command():
-        app.run(main, flags_parser=_FLAGS.parse)
+    app.run(main, flags_parser=_FLAGS.parse)

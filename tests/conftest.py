@@ -1,25 +1,48 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported) and a private TFDS dir."""
+"""Test setup: 8 simulated CPU devices (set before JAX is imported), and what every process of one
+test run shares (pytest-xdist's workers and the `python -m jvision...` subprocesses the tests
+start): a private TFDS directory, JAX's persistent compilation cache, and tiny trained workdirs.
+"""
 
+import dataclasses
+import fcntl
+import json
 import os
+import pathlib
+import shutil
 import tempfile
+import uuid
+
+# One directory for the whole test run: xdist's workers inherit the variable from the process
+# that starts them, which removes the directory at the end.
+_RUN = os.environ.setdefault("JVISION_TEST_RUN", uuid.uuid4().hex[:12])
+SHARED = pathlib.Path(tempfile.gettempdir()) / f"jvision_tests_{_RUN}"
+SHARED.mkdir(exist_ok=True)
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
-# Tests spend most of their time compiling tiny programs: skip XLA's slower optimisation passes
-# (inherited by the `python -m jvision.main` subprocesses too).
+# Tests spend most of their time compiling tiny programs: skip XLA's slower optimisation passes,
+# and compile each program once per test run, whichever process needs it first.
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(SHARED / "jax_cache")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-# Embedded MNIST is prepared here once per session; nothing is written to the user's TFDS dir.
-os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jvision_tfds_")
+# jvision's datasets are prepared here once per test run; nothing goes to the user's TFDS dir.
+os.environ["TFDS_DATA_DIR"] = str(SHARED / "tfds")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
-from helpers import load_config  # noqa: E402
+from helpers import run_main  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # Libraries read absl flags outside app.run in tests.
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # The first process, not one of xdist's workers.
+        shutil.rmtree(SHARED, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,24 +50,36 @@ def eight_devices():
     assert jax.device_count() == 8, "tests expect 8 simulated devices; XLA_FLAGS was set too late"
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A finished `python -m jvision.main` run: its workdir and what it printed."""
+
+    workdir: pathlib.Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """`tiny_run(config_name, **overrides)`: the workdir of a finished tiny run of that config,
-    trained once per test session (overrides as dotted keys with `__`: `model__kind="vae"`)."""
-    from jvision import config_lib, train
+def trained():
+    """`trained(name, *args)`: `python -m jvision.main --config=configs/<name>.py:tiny ARGS`,
+    run once per test run (whichever process asks first runs it; the others wait), for the tests
+    that only read the workdir. A test that changes a workdir copies it first."""
 
-    finished = {}
-
-    def make(name: str, **overrides):
-        key = (name, tuple(sorted(overrides.items())))
-        if key not in finished:
-            config = load_config(name, "tiny")
-            config_lib.apply_overrides(
-                config, {k.replace("__", "."): v for k, v in overrides.items()}
-            )
-            workdir = tmp_path_factory.mktemp(name)
-            train.train_and_evaluate(config, str(workdir))
-            finished[key] = workdir
-        return finished[key]
+    def make(name: str, *args: str) -> Trained:
+        key = "_".join([name, *args]).replace("/", "_").replace("--config.", "").replace("=", "-")
+        folder = SHARED / "trained" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = folder / "run.json"
+            if not record.exists():
+                workdir = folder / "workdir"
+                result = run_main(f"--config=configs/{name}.py:tiny", f"--workdir={workdir}", *args)
+                assert result.returncode == 0, result.stderr[-3000:]
+                printed = {"returncode": 0, "stdout": result.stdout, "stderr": result.stderr}
+                record.write_text(json.dumps(printed))
+            printed = json.loads(record.read_text())
+        return Trained(folder / "workdir", **printed)
 
     return make

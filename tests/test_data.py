@@ -61,9 +61,13 @@ def test_in_memory_cache_changes_nothing_but_speed():
         x, y = next(a), next(b)
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
-    state = a.get_state()
-    b.set_state(state)  # Iterator states are interchangeable too.
-    np.testing.assert_array_equal(next(a)["image"], next(b)["image"])
+    # Iterator states are interchangeable too: a fresh uncached iterator given the cached one's
+    # state continues where it is (and, without the state, would not).
+    fresh, resumed = pipeline.train_data(uncached)[0], pipeline.train_data(uncached)[0]
+    resumed.set_state(a.get_state())
+    expected = next(a)["image"]
+    np.testing.assert_array_equal(next(resumed)["image"], expected)
+    assert not np.array_equal(next(fresh)["image"], expected)
     evals = [list(pipeline.EvalData(c, "test")) for c in (cached, uncached)]
     for x, y in zip(*evals, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
@@ -113,7 +117,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
 
 
 def test_unknown_dataset_and_split_are_named():
-    with pytest.raises(UserError, match="known datasets: embedded_mnist, mnist"):
+    with pytest.raises(UserError, match="known datasets: embedded_mnist, full_mnist, mnist"):
         sources.open_source("cifar", "train")
     with pytest.raises(UserError, match="no split 'validation'"):
         sources.open_source("embedded_mnist", "validation")

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_config, run_main
+from helpers import load_config
 
 from jvision import checkpoint_reader
 from jvision.data import triplets
@@ -188,16 +188,13 @@ def test_both_correlations_give_the_same_training_loss():
     assert set(terms) == {"loss", "bce_positive", "bce_negative", "vae_recon", "vae_kl"}
 
 
-def test_tiny_run_reports_map_and_draws_heat_maps(tmp_path):
-    result = run_main(
-        "--config=configs/encoding_detector_mnist.py:tiny", f"--workdir={tmp_path}", timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
+def test_tiny_run_reports_map_and_draws_heat_maps(trained):
+    workdir = trained("encoding_detector_mnist").workdir
+    metrics = json.loads((workdir / "results.json").read_text())["metrics"]
     assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
-    assert {p.name for p in (tmp_path / "images").iterdir()} == {"detections.png", "heatmaps.png"}
+    assert {p.name for p in (workdir / "images").iterdir()} == {"detections.png", "heatmaps.png"}
 
-    model, _ = checkpoint_reader.load_model(tmp_path)
+    model, _ = checkpoint_reader.load_model(workdir)
     assert np.abs(model["bank"]).max() > 0  # The last checkpoint holds the calibrated bank.
 
 

@@ -1,7 +1,10 @@
-"""The command line end to end: `python -m jvision.main` as a user runs it."""
+"""The command line end to end, `python -m jvision.main` as a user runs it: every family's tiny
+run (made once per test run, `conftest.trained`), resuming, and every bad input as one line that
+leaves the workdir as it was (the one table of bad inputs)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,131 +13,83 @@ from helpers import ROOT, run_main
 from tensorboard.backend.event_processing import event_accumulator
 
 
-def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("jvision: error:")]
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("jvision: error:")]
 
 
-def test_tiny_vae_trains_logs_and_resumes(tmp_path):
-    workdir = str(tmp_path / "run")
-    result = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
+def _results(workdir) -> dict:
+    return json.loads((workdir / "results.json").read_text())
 
-    results = json.load(open(os.path.join(workdir, "results.json")))
+
+def test_tiny_vae_trains_logs_and_ends_with_one_line(trained):
+    run = trained("vae_mnist")
+    results = _results(run.workdir)
     assert results["step"] == 4
-    assert 0 < results["metrics"]["test/nelbo_nats"] < 1000
-    assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {"2", "4"}
-    assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "vae"
-
-    events = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+    assert 0 < results["metrics"]["test/nll_is_nats"] < 1000
+    assert set(os.listdir(run.workdir / "checkpoints")) == {"2", "4"}
+    assert json.loads((run.workdir / "config.json").read_text())["model"]["name"] == "vae"
+    events = event_accumulator.EventAccumulator(str(run.workdir), size_guidance={"tensors": 0})
     events.Reload()
     tags = set(events.Tags()["tensors"])
-    assert {"train/loss", "train/kl_nats", "test/nelbo_nats"} <= tags
+    assert {"train/loss", "train/kl_nats", "train/grad_norm", "test/nelbo_nats"} <= tags
     assert {"reconstructions", "samples"} <= tags
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert run.stderr.splitlines()[-1].endswith(f"results in {run.workdir / 'results.json'}")
 
+
+def test_rerunning_resumes_and_a_changed_setting_is_named(trained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained("vae_mnist").workdir, workdir)
+    results = _results(workdir)
     again = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from step 4" in again.stderr
-    assert "settings changed" not in again.stderr
-    assert json.load(open(os.path.join(workdir, "results.json"))) == results
-
-    # Changed settings are allowed on resume, and named.
+    assert "resuming from step 4" in again.stderr and "settings changed" not in again.stderr
+    assert _results(workdir) == results  # A finished run is only evaluated again.
     longer = run_main(
         "--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}", "--config.total_steps=6"
     )
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "resuming with settings changed since: total_steps: 4 -> 6" in longer.stderr
-    assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 6
+    assert _results(workdir)["step"] == 6
 
 
 @pytest.mark.parametrize(
-    "config",
-    [
-        "configs/draw_mnist.py:tiny",
-        "configs/draw_mnist_small.py:tiny",
-        "configs/draw_mnist.py:tiny --config.model.use_attention=False",
-    ],
+    "run_args",
+    [("draw_mnist",), ("draw_mnist_small",), ("draw_mnist", "--config.model.use_attention=False")],
+    ids=["attention", "small", "no attention"],
 )
-def test_tiny_draw_variants_write_results_and_drawing_sequences(tmp_path, config):
-    config_file, *overrides = config.split()
-    result = run_main(f"--config={config_file}", f"--workdir={tmp_path}", *overrides)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.load(open(tmp_path / "results.json"))
-    assert results["step"] == 4 and results["metrics"]["test/nelbo_nats"] > 0
-    assert sorted(os.listdir(tmp_path / "images")) == [
-        "generation.png",
-        "reconstruction.png",
-        "samples.png",
-    ]
+def test_tiny_draw_variants_write_results_and_drawing_sequences(trained, run_args):
+    workdir = trained(*run_args).workdir
+    assert {"test/nelbo_nats", "test/nll_is_nats"} <= set(_results(workdir)["metrics"])
+    images = sorted(os.listdir(workdir / "images"))
+    assert images == ["generation.png", "reconstruction.png", "samples.png"]
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--config.no_such_key=1"], "no_such_key"),
-        (["--config.model.name=vqvae"], "unknown model.name 'vqvae'; known models:"),
-        (["--config.batch_size=12"], "batch_size 12 is not divisible by 8 devices"),
-        (["--config.data.name=mnist"], "python -m jvision.data.prepare --dataset=mnist"),
-    ],
-)
-def test_bad_input_is_one_clear_line(tmp_path, args, message):
-    data_dir = f"--config.data.data_dir={tmp_path / 'empty'}"
-    result = run_main(
-        "--config=configs/vae_mnist.py:tiny", f"--workdir={tmp_path / 'w'}", data_dir, *args
-    )
-    assert result.returncode == 1
-    lines = error_lines(result)
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-
-
-def test_missing_flags_and_bad_config_argument(tmp_path):
-    result = run_main("--config=configs/vae_mnist.py:tiny")
-    assert result.returncode == 1 and error_lines(result) == [
-        "jvision: error: --workdir is required"
-    ]
-    result = run_main("--config=configs/vae_mnist.py:huge", f"--workdir={tmp_path}")
-    assert result.returncode == 1
-    assert "unknown config argument 'huge'" in error_lines(result)[0]
-
-
-def test_tiny_ssd_reports_map_and_per_class_ap(tmp_path):
-    result = run_main("--config=configs/ssd_mnist.py:tiny", f"--workdir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.load(open(tmp_path / "results.json"))["metrics"]
+def test_tiny_ssd_reports_map_and_per_class_ap(trained):
+    workdir = trained("ssd_mnist").workdir
+    metrics = _results(workdir)["metrics"]
     assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
     assert 0 <= metrics["test/mAP"] <= 1
-    assert os.path.exists(tmp_path / "images" / "detections.png")
+    assert (workdir / "images" / "detections.png").exists()
 
 
 @pytest.mark.parametrize("kind", ["patchvae", "vae"])
-def test_tiny_patchvae_and_its_baseline(tmp_path, kind):
-    result = run_main(
-        "--config=configs/patchvae_mnist.py:tiny",
-        f"--workdir={tmp_path}",
-        f"--config.model.kind={kind}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.load(open(tmp_path / "results.json"))["metrics"]
-    assert {"test/loss", "test/recon", "test/kl_appearance"} <= set(metrics)
+def test_tiny_patchvae_and_its_baseline(trained, kind):
+    workdir = trained(
+        "patchvae_mnist", *([] if kind == "patchvae" else ["--config.model.kind=vae"])
+    ).workdir
+    metrics = _results(workdir)["metrics"]
+    assert {"test/loss", "test/recon", "test/kl_appearance", "test/nll_is_nats"} <= set(metrics)
     assert ("test/kl_occurrence" in metrics) == (kind == "patchvae")
-    images = set(os.listdir(tmp_path / "images"))
+    images = set(os.listdir(workdir / "images"))
     parts = {"part_occurrence.png", "part_patches.png"}
     assert images == {"reconstructions.png"} | (parts if kind == "patchvae" else set())
 
 
-def test_tiny_transfer_from_a_tiny_pretrained_workdir(tmp_path):
-    pretrained, transferred = tmp_path / "pretrained", tmp_path / "transfer"
-    result = run_main("--config=configs/patchvae_mnist.py:tiny", f"--workdir={pretrained}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_main(
-        "--config=configs/transfer_mnist.py:tiny",
-        f"--workdir={transferred}",
-        f"--config.init_from.workdir={pretrained}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.load(open(transferred / "results.json"))["metrics"]
-    assert set(metrics) == {"test/loss", "test/top1"}
+def test_tiny_transfer_from_a_tiny_pretrained_workdir(trained):
+    pretrained = trained("patchvae_mnist").workdir
+    workdir = trained("transfer_mnist", f"--config.init_from.workdir={pretrained}").workdir
+    assert set(_results(workdir)["metrics"]) == {"test/loss", "test/top1"}
 
 
 def test_runs_and_logs_without_tensorflow(tmp_path):
@@ -154,8 +109,91 @@ def test_runs_and_logs_without_tensorflow(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TensorFlow is not installed" in result.stderr
-    assert json.load(open(tmp_path / "results.json"))["step"] == 4
+    assert _results(tmp_path)["step"] == 4
     events = event_accumulator.EventAccumulator(str(tmp_path))
     events.Reload()
     assert {"train/loss", "test/nelbo_nats"} <= set(events.Tags()["scalars"])
     assert {"reconstructions", "samples"} <= set(events.Tags()["images"])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _snapshot(root):
+    if not os.path.exists(root):
+        return None
+    if os.path.isfile(root):
+        return open(root, "rb").read()
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+BAD_INPUTS = [
+    # (case, arguments, expected text in the one error line, workdir: "new" | "finished" | ...)
+    ("workdir is a file", [], "is a file, not a directory", "file"),
+    ("workdir cannot be made", [], "--workdir /proc/jvision_", "proc"),
+    ("empty workdir", [], "--workdir is empty", "empty"),
+    ("no workdir", [], "--workdir is required", "none"),
+    (
+        "bad config argument",
+        ["--config=configs/vae_mnist.py:huge"],
+        "unknown config argument",
+        "new",
+    ),
+    ("no such config", ["--config=configs/nope.py"], "configs/nope.py does not exist", "new"),
+    (
+        "override without =",
+        ["--config.seed"],
+        "write config overrides as --config.KEY=VALUE",
+        "new",
+    ),
+    ("batch_size 0", ["--config.batch_size=0"], "batch_size=0: use 1 or more", "new"),
+    ("negative seed", ["--config.seed=-5"], "seed=-5: use 0 to 4294967295", "new"),
+    ("negative steps", ["--config.total_steps=-1"], "total_steps=-1: use 0 or more", "new"),
+    ("zero period", ["--config.ckpt_every_steps=0"], "ckpt_every_steps=0: use 1 or more", "new"),
+    ("negative rate", ["--config.optimizer.learning_rate=-1"], "use a finite value", "new"),
+    ("negative clip", ["--config.optimizer.clip_norm=-1.0"], "clip_norm=-1.0", "new"),
+    ("unknown key", ["--config.total_step=1"], "did you mean total_steps", "new"),
+    ("unknown model", ["--config.model.name=vqvae"], "unknown model.name 'vqvae'", "new"),
+    ("a size of 0", ["--config.model.latent_dim=0"], "does not build with this config", "new"),
+    ("indivisible batch", ["--config.batch_size=12"], "not divisible by 8 devices", "new"),
+    ("data not prepared", ["--config.data.name=mnist"], "jvision.data.prepare", "new"),
+    ("another model", ["--config.model.latent_dim=6"], "written for a different model", "finished"),
+    ("results without checkpoints", [], "has a results.json but no checkpoints", "no checkpoints"),
+]
+
+
+@pytest.mark.parametrize(
+    "case, args, message, workdir_kind", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_and_leaves_the_workdir_as_it_was(
+    tmp_path, trained, case, args, message, workdir_kind
+):
+    workdir = tmp_path / "workdir"
+    if workdir_kind == "file":
+        workdir.write_text("not a directory")
+    elif workdir_kind == "proc":
+        workdir = f"/proc/jvision_{os.getpid()}"
+    elif workdir_kind in ("finished", "no checkpoints"):
+        shutil.copytree(trained("vae_mnist").workdir, workdir)
+        if workdir_kind == "no checkpoints":
+            shutil.rmtree(workdir / "checkpoints")
+    workdir_path = workdir if not isinstance(workdir, str) else None
+    before = _snapshot(workdir_path) if workdir_path else None
+    if case == "data not prepared":
+        args = [*args, f"--config.data.data_dir={tmp_path / 'no_data'}"]
+    config = (
+        []
+        if any(a.startswith("--config=") for a in args)
+        else ["--config=configs/vae_mnist.py:tiny"]
+    )
+    where = {"empty": ["--workdir="], "none": []}.get(workdir_kind, [f"--workdir={workdir}"])
+    result = run_main(*config, *where, *args)
+    lines = error_lines(result.stderr)
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    if workdir_path:
+        assert _snapshot(workdir_path) == before  # Byte for byte; None: still not there.

@@ -22,23 +22,15 @@ from jvision import checkpoint_reader, train
 from jvision.data import pipeline
 
 
-def _as_process(monkeypatch, index: int, count: int) -> None:
-    monkeypatch.setattr(pipeline.jax, "process_index", lambda: index)
-    monkeypatch.setattr(pipeline.jax, "process_count", lambda: count)
-
-
-def test_processes_read_disjoint_rows_that_make_the_single_process_batch(monkeypatch):
+def test_processes_read_disjoint_rows_that_make_the_single_process_batch():
     config = load_config("vae_mnist", "tiny")
-    whole = [next(pipeline.train_data(config)[0]) for _ in range(1)][0]
-    parts = []
-    for index in range(2):
-        _as_process(monkeypatch, index, 2)
-        parts.append(next(pipeline.train_data(config)[0]))
+    whole = next(pipeline.train_data(config)[0])
+    parts = [next(pipeline.train_data(config, process=(index, 2))[0]) for index in range(2)]
     for field in whole:
         np.testing.assert_array_equal(np.concatenate([p[field] for p in parts]), whole[field])
 
 
-def test_evaluation_counts_every_example_once_over_processes(monkeypatch):
+def test_evaluation_counts_every_example_once_over_processes():
     config = load_config("vae_mnist", "tiny")
     config.eval_batch_size = 16
     split = "test[:37]"  # Not a multiple of the batch: the last global batch is padded.
@@ -46,8 +38,7 @@ def test_evaluation_counts_every_example_once_over_processes(monkeypatch):
     whole = list(pipeline.EvalData(config, split))
     seen = []
     for index in range(2):
-        _as_process(monkeypatch, index, 2)
-        batches = list(pipeline.EvalData(config, split))
+        batches = list(pipeline.EvalData(config, split, process=(index, 2)))
         assert len(batches) == len(whole) == 3  # Every process runs every eval step.
         seen.append(batches)
     real = np.concatenate(
@@ -153,7 +144,10 @@ def test_two_processes_train_stop_resume_and_equal_one_process(tmp_path):
             log.close()
     outputs = [(tmp_path / f"first_{i}.log").read_text() for i in range(2)]
     assert codes == [75, 75], outputs[0][-3000:]
-    stops = [[line for line in out.splitlines() if line.startswith("jvision:")] for out in outputs]
+    stops = [
+        [line for line in out.splitlines() if line.startswith("jvision: stopped")]
+        for out in outputs
+    ]
     assert stops[0] == stops[1] and len(stops[0]) == 1, stops  # Both stopped at the same step.
     stopped_at = int(stops[0][0].split(" at step ")[1].split(";")[0])
     assert 10 <= stopped_at < STEPS

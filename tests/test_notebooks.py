@@ -48,8 +48,8 @@ def _pictures(notebook) -> int:
 
 
 @pytest.mark.parametrize("name", ["vae_mnist", "ssd_mnist"])
-def test_evaluate_notebook_runs_on_a_workdir_and_prints_its_results(tiny_run, name):
-    workdir = tiny_run(name)
+def test_evaluate_notebook_runs_on_a_workdir_and_prints_its_results(trained, name):
+    workdir = trained(name).workdir
     notebook = _execute(workdir, SCORE_THRESHOLD=0.05)
     printed = json.loads(_printed(notebook, "metrics = run.evaluate"))
     assert printed == json.loads((workdir / "results.json").read_text())

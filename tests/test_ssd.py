@@ -139,12 +139,42 @@ def test_predict_returns_fixed_size_per_class_detections():
     assert detections["boxes"].shape == (2, k, 4)
     assert detections["scores"].shape == detections["labels"].shape == (2, k)
     assert detections["valid"].dtype == jnp.bool_
-    # Valid detections clear the score threshold.
-    scores = np.asarray(detections["scores"])[np.asarray(detections["valid"])]
-    assert (scores > model.score_threshold).all()
     outputs = jax.device_get(ssd.image_summaries(model, _batch(2), None, 0))
     grids = ssd.draw_summaries(outputs)
     assert grids["detections"].shape == (1, 8, 128, 128, 3)
+
+
+def test_detect_keeps_the_confident_boxes_of_each_class_after_nms():
+    """Three priors say "3" (two of them overlapping: NMS keeps the likelier), one says "5",
+    the rest background: the valid detections are exactly those, with NumPy's softmax scores
+    and boxes decoded by hand (centre += offset·size/10, size *= exp(offset/5))."""
+    priors = np.array(
+        [[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.3], [0.5, 0.5, 0.4, 0.4]],
+        np.float32,
+    )  # Centre boxes (cy, cx, h, w).
+    offsets = np.array([[1, -1, 0.5, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    logits = np.full((4, 11), -4.0, np.float32)
+    logits[:, ssd.BACKGROUND] = 4.0
+    logits[0, 3], logits[1, 3], logits[2, 5] = 6.0, 5.0, 5.5
+    detected = ssd.detect(
+        jnp.asarray(offsets), jnp.asarray(logits), jnp.asarray(priors), 0.2, 0.45, 2
+    )
+    boxes, scores, labels, valid = (
+        np.asarray(detected[k]) for k in ("boxes", "scores", "labels", "valid")
+    )
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    centre = priors[:, :2] + offsets[:, :2] * priors[:, 2:] / 10
+    size = priors[:, 2:] * np.exp(offsets[:, 2:] / 5)
+    corners = np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+    found = sorted(
+        (int(label), round(float(score), 5), tuple(np.round(box, 5)))
+        for box, score, label in zip(boxes[valid], scores[valid], labels[valid], strict=True)
+    )
+    expected = sorted(
+        (c, round(float(probabilities[p, c]), 5), tuple(np.round(corners[p], 5)))
+        for p, c in ((0, 3), (2, 5))
+    )
+    assert found == expected
 
 
 def test_top_n_sum_matches_sorting_and_its_gradient_selects_the_top():

@@ -1,6 +1,7 @@
 """`jvision.sweep`: one config over several seeds, aggregated into mean ± std."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -39,10 +40,13 @@ def _sweep(*args):
     )
 
 
-def test_sweep_trains_each_seed_once_and_aggregates(tmp_path):
+def test_sweep_trains_each_seed_once_and_aggregates(tmp_path, trained):
+    shutil.copytree(trained("vae_mnist").workdir, tmp_path / "seed_0")  # Seed 0 is finished.
     args = ["--config=configs/vae_mnist.py:tiny", "--seeds=0,1", f"--workdir={tmp_path}"]
     result = _sweep(*args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "jvision.sweep: seed 0: finished, reusing" in result.stderr
+    assert "jvision.sweep: seed 1: training in" in result.stderr
     per_seed = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
     assert [
         json.loads((tmp_path / f"seed_{s}" / "config.json").read_text())["seed"] for s in (0, 1)
@@ -56,8 +60,9 @@ def test_sweep_trains_each_seed_once_and_aggregates(tmp_path):
     assert nelbo["std"] == pytest.approx(np.std(values, ddof=1))
     assert "| `test/nelbo_nats` |" in result.stdout
 
-    again = _sweep(*args)  # Finished seeds are not trained again.
-    assert again.returncode == 0 and "jvision.sweep: seed" not in again.stderr
+    again = _sweep(*args)  # Finished seeds are not trained again, and it says so.
+    assert again.returncode == 0 and "training in" not in again.stderr
+    assert again.stderr.count("finished, reusing") == 2
     assert again.stdout == result.stdout
 
 

@@ -1,7 +1,9 @@
-"""The trainer in-process: exact resume, re-evaluation, and every bad input it must refuse."""
+"""The trainer in-process: exact resume (also of a run the command line started), re-evaluation,
+what it refuses, and its decisions."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -27,29 +29,28 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
-def test_resume_is_bit_identical_to_an_unbroken_run(tmp_path):
-    straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
-    train.train_and_evaluate(_tiny(total_steps=6, ckpt_every_steps=3), straight)
-    train.train_and_evaluate(_tiny(total_steps=3, ckpt_every_steps=3), broken)
-    assert checkpoint_reader.load_model(broken)[1]["step"] == 3
-    train.train_and_evaluate(_tiny(total_steps=6, ckpt_every_steps=3), broken)
-
+def test_resume_is_bit_identical_to_an_unbroken_run(tmp_path, trained):
+    """A 4-step run extended to 6 in-process equals a 6-step run of the command line."""
+    straight = trained("vae_mnist", "--config.total_steps=6").workdir
+    broken = tmp_path / "broken"
+    shutil.copytree(trained("vae_mnist").workdir, broken)
+    train.train_and_evaluate(_tiny(total_steps=6), str(broken))
     state_a, meta_a = checkpoint_reader.load_model(straight)
     state_b, meta_b = checkpoint_reader.load_model(broken)
     assert meta_a["step"] == meta_b["step"] == 6
     _assert_trees_equal(state_a, state_b)
-    results = [json.load(open(os.path.join(d, "results.json"))) for d in (straight, broken)]
+    results = [json.loads((d / "results.json").read_text()) for d in (straight, broken)]
     assert results[0] == results[1]
 
 
-def test_finished_run_only_reevaluates(tmp_path):
-    workdir = str(tmp_path)
-    first = train.train_and_evaluate(_tiny(), workdir)
-    state_before, _ = checkpoint_reader.load_model(workdir)
-    again = train.train_and_evaluate(_tiny(), workdir)
+def test_finished_run_only_reevaluates(tmp_path, trained):
+    shutil.copytree(trained("vae_mnist").workdir, tmp_path, dirs_exist_ok=True)
+    first = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    state_before, _ = checkpoint_reader.load_model(tmp_path)
+    again = train.train_and_evaluate(_tiny(), str(tmp_path))
     assert first == again
-    _assert_trees_equal(state_before, checkpoint_reader.load_model(workdir)[0])
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    _assert_trees_equal(state_before, checkpoint_reader.load_model(tmp_path)[0])
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -64,8 +65,8 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
         train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
-    train.train_and_evaluate(_tiny(), str(tmp_path))
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, trained):
+    shutil.copytree(trained("vae_mnist").workdir, tmp_path, dirs_exist_ok=True)
     config = _tiny(total_steps=8)
     config.model.latent_dim = 6
     with pytest.raises(UserError, match=r"different model \(model.latent_dim differ"):
@@ -73,16 +74,41 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
     assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 4
 
 
-def test_nan_loss_stops_without_saving_it(tmp_path):
-    train.train_and_evaluate(_tiny(total_steps=2), str(tmp_path))
-    config = _tiny(total_steps=6)
+def test_nan_loss_stops_without_saving_it(tmp_path, trained):
+    shutil.copytree(trained("vae_mnist").workdir, tmp_path, dirs_exist_ok=True)
+    config = _tiny(total_steps=8)
     config.optimizer.learning_rate = 1e30  # Adam's steps of ~lr overflow the parameters.
-    with pytest.raises(UserError, match="became non-finite by step 4.*last good checkpoint is"):
+    with pytest.raises(UserError, match="became non-finite by step 6.*last good checkpoint is"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 2
+    assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 4
 
 
 def test_profiler_window_writes_a_trace(tmp_path):
     train.train_and_evaluate(_tiny(profile_steps=2, profile_first_step=1), str(tmp_path))
     traces = list((tmp_path / "plugins" / "profile").rglob("*.xplane.pb"))
     assert traces, "no profile written"
+
+
+def test_itstime_fires_every_period_and_at_the_end():
+    assert [s for s in range(1, 11) if train.itstime(s, 3, 10)] == [3, 6, 9, 10]
+    assert [s for s in range(1, 5) if train.itstime(s, 100, 4)] == [4]
+
+
+def test_validation_rejects_before_anything_is_written(tmp_path):
+    with pytest.raises(UserError, match="total_steps=-1"):
+        train.train_and_evaluate(_tiny(total_steps=-1), str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_closing_reports_the_first_error_unless_another_is_on_its_way(caplog):
+    def fail(message):
+        def closer():
+            raise OSError(message)
+
+        return closer
+
+    with pytest.raises(OSError, match="first"), train.Closing(fail("second"), fail("first")):
+        pass  # Closed last-added first: "first" is raised, "second" logged.
+    assert "second" in caplog.text
+    with pytest.raises(ValueError, match="the run's own"), train.Closing(fail("closing")):
+        raise ValueError("the run's own")  # A closing error must not hide it.

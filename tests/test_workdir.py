@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jvision import workdir
+from jvision.errors import UserError
 
 
 @pytest.fixture
@@ -63,3 +64,40 @@ def test_json_writes_replace_the_file_whole(tmp_path):
     workdir.write_json(target, {"b": [1, 2]})
     assert workdir.read_json(target) == {"b": [1, 2]}
     assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = workdir.path(tmp_path) / "results.json"
+    workdir.write_json(target, {"step": 2})
+
+    def full(self, other):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(target), "replace", full)  # The rename fails: a full disk.
+    with pytest.raises(OSError):
+        workdir.write_json(target, {"step": 4})
+    assert workdir.read_json(target) == {"step": 2}
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_a_run_is_finished_when_its_results_step_is_committed(tmp_path):
+    """The sweep's "done": results.json and the sealed checkpoint of its step (issue: a
+    results.json naming a step whose save failed made a seed look finished forever)."""
+    run = workdir.path(tmp_path)
+    assert workdir.finished_step(run) is None
+    workdir.write_json(run / workdir.RESULTS_FILE, {"step": 4, "metrics": {}})
+    assert workdir.finished_step(run) is None  # No checkpoint 4.
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    assert workdir.finished_step(run) is None  # Not sealed: not committed by jvision.
+    (tmp_path / "checkpoints" / "4" / workdir.CHECKSUMS_FILE).write_text("{}")
+    assert workdir.finished_step(run) == 4
+
+
+def test_glob_characters_reach_orbax_through_a_link(tmp_path):
+    odd = tmp_path / "run[1]"
+    odd.mkdir()
+    link = workdir.without_glob_characters(workdir.path(odd))
+    assert "[" not in str(link) and os.path.realpath(link) == str(odd)
+    assert workdir.without_glob_characters(workdir.path(tmp_path)) == workdir.path(tmp_path)
+    with pytest.raises(UserError, match="a bucket workdir cannot contain"):
+        workdir.without_glob_characters(workdir.path("gs://bucket/run[1]"))

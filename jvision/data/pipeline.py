@@ -182,20 +182,21 @@ def _source(data: ml_collections.ConfigDict, split: str):
     return source
 
 
-def train_data(config: ml_collections.ConfigDict, examples=None):
+def train_data(config: ml_collections.ConfigDict, examples=None, process: tuple | None = None):
     """An infinite, checkpointable iterator of this process's rows of the training batches
     (reshuffled every epoch unless `data.shuffle` is False: then every epoch has the stored
     order), and the shapes and dtypes of the global batches (`{field: jax.ShapeDtypeStruct}`).
 
     `examples(source)`, when given, returns the maker `(index, rng) -> example` of the training
     examples (e.g. a model family's triplets made from detection scenes); without it the stored
-    examples are the training examples."""
+    examples are the training examples. `process` = (index, count) says whose rows to read
+    (default: this process's, of `jax.process_count()`)."""
     data = config.data
     check_batch_size(config.batch_size, "batch_size")
     source = _source(data, data.train_split)
     size = logs.count(len(source), "example")
     log.info("train data: %s[%s], %s", data.name, data.train_split, size)
-    rows = ProcessRows(config.batch_size)
+    rows = ProcessRows(config.batch_size, *(process or ()))
     indices = grain.MapDataset.range(len(source))
     if data.shuffle:
         indices = indices.shuffle(seed=config.seed)
@@ -230,16 +231,23 @@ class EvalData:
     sharded eval step requires.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, split: str, examples=None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        split: str,
+        examples=None,
+        process: tuple | None = None,
+    ):
         """`examples(source)`, when given, returns the maker `(index, rng) -> example` of the
-        examples to evaluate (e.g. exemplar crops of a split's scenes)."""
+        examples to evaluate (e.g. exemplar crops of a split's scenes); `process` = (index,
+        count) as for `train_data`."""
         data = config.data
         check_batch_size(config.eval_batch_size, "eval_batch_size")
         self.source = _source(data, split)
         self.make = examples(self.source) if examples else None
         self.size = len(self.source)
         log.debug("eval data: %s[%s], %d examples", data.name, split, self.size)
-        self.rows = ProcessRows(config.eval_batch_size)
+        self.rows = ProcessRows(config.eval_batch_size, *(process or ()))
         self.resize = ResizeCrop(data.image_size) if data.image_size else None
         self.decode = Decode(sources.spec(data.name).pixel_max)
         self.binarize = data.binarize == "dynamic"

@@ -11,14 +11,16 @@ waits for the first and finds it ready. Bad input or a failed download: one line
 
 from jvision import preemption
 
-with preemption.command():  # First: a stop at any moment is one line and exit 75.
-    from absl import app, flags
+if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
+    preemption.stop_while_starting()
 
-    from jvision import cli
-    from jvision.data import sources
+from absl import app, flags  # noqa: E402
 
-    _DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(sources.DATASETS), "Dataset.")
-    _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
+from jvision import cli  # noqa: E402
+from jvision.data import sources  # noqa: E402
+
+_DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(sources.DATASETS), "Dataset.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
 
 
 def main(argv):
@@ -41,5 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    with preemption.command():
-        app.run(main, flags_parser=cli.parse_plain_flags)
+    app.run(main, flags_parser=cli.parse_plain_flags)

@@ -10,12 +10,17 @@ prepare it. A split may be any TFDS split expression over the dataset's splits
 import contextlib
 import dataclasses
 import importlib
+import logging
 import os
 import sys
+import time
 
 import tensorflow_datasets as tfds
 
+from jvision import logs
 from jvision.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +98,35 @@ def _prepare_once(path: str, directory: str) -> tfds.core.DatasetBuilder:
     name = path.rpartition(":")[2].replace("/", "_")
     with open(os.path.join(directory, f".jvision_prepare_{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        builder = own_builder(path, directory)  # Prepared meanwhile by another process?
-        if not builder.is_prepared():
-            # TFDS reports progress on stdout, which commands keep for their results (JSON).
-            with contextlib.redirect_stdout(sys.stderr):
+        with _quiet_tfds():
+            builder = own_builder(path, directory)  # Prepared meanwhile by another process?
+            if not builder.is_prepared():
+                started = time.monotonic()
+                full_name = builder.info.full_name
+                log.info("preparing %s in %s (once)", full_name, directory)
                 builder.download_and_prepare()
+                took = logs.duration(time.monotonic() - started)
+                log.info("prepared %s in %s", full_name, took)
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's progress bars and notices while jvision prepares a dataset: off, since jvision
+    says what it prepares in one line (with `--verbosity=0` they show, on stderr: commands keep
+    stdout for their results)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    quiet = not absl.isEnabledFor(logging.INFO)
+    if quiet:
+        absl.setLevel(logging.ERROR)
+        tfds.disable_progress_bar()
+    try:
+        with open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stderr) as sink:
+            with contextlib.redirect_stdout(sink):
+                yield
+    finally:
+        absl.setLevel(level)
 
 
 def open_source(name: str, split: str, configured_dir: str | None = None):
@@ -110,8 +138,10 @@ def open_source(name: str, split: str, configured_dir: str | None = None):
         )
     directory = data_dir(configured_dir)
     if dataset.builder:
-        builder = own_builder(dataset.builder, directory)
-        if not builder.is_prepared():
+        with _quiet_tfds():
+            builder = own_builder(dataset.builder, directory)
+            prepared = builder.is_prepared()
+        if not prepared:
             builder = _prepare_once(dataset.builder, directory)
         return builder.as_data_source(split=split)
     try:

@@ -6,6 +6,7 @@
     run.images(n=16)                                         # {name: [rows, h, w, C] uint8}
     run.examples(n=8)                                        # test examples, as evaluated
     run.predict(images)                                      # e.g. SSD detections
+    evaluate.score_detections(run.predict(images), truth)    # VOC07 mAP of any detections
 
 Only the model's variables are read (no optimizer state, no data iterator) and placed on every
 available device, so a TPU pod's workdir opens on a laptop and the reverse. The config is the one
@@ -36,6 +37,9 @@ from jvision import (
 from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
+from jvision.ops.detection_metrics import score as score_detections
+
+__all__ = ["Run", "load", "score_detections"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class Run:
     family: models.Family
     model: nnx.Module
     mesh: jax.sharding.Mesh
+    _fitting_shapes: set = dataclasses.field(default_factory=set, init=False, repr=False)
 
     @functools.cached_property
     def _split(self):
@@ -103,14 +108,35 @@ class Run:
         return {field: values[real][:n] for field, values in batch.items()}
 
     def predict(self, images) -> dict[str, np.ndarray]:
-        """The family's `predict` for images [N, H, W, C] in [0, 1] (any N), as NumPy arrays."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4:
-            raise UserError(f"predict takes images [N, H, W, C]; got shape {images.shape}")
+        """The family's `predict` for images [N, H, W, C] of floats in [0, 1] (any N), as NumPy
+        arrays; what each family returns is in docs/outputs.md. Images of another shape, dtype
+        or range than the model takes are refused with one line (`UserError`)."""
+        images = _checked_images(images)
+        self._check_shape(images.shape[1:])
         count = len(images)
         batch = pipeline.pad_batch({"image": images}, _round_up(count, jax.device_count()))
         outputs = self._predict.first(*self._split, batch, self.step)
         return jax.tree.map(lambda x: np.asarray(x)[:count], outputs)
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        """`UserError` when the model cannot take images of `shape` [H, W, C]."""
+        if shape in self._fitting_shapes:
+            return
+        graphdef, state = self._split
+        image = jax.ShapeDtypeStruct((jax.device_count(), *shape), np.float32)
+        try:
+            jax.eval_shape(
+                lambda s, x: self.family.predict(models.eval_model(graphdef, s), {"image": x}, 0),
+                state,
+                image,
+            )
+        except Exception as error:  # Shapes that do not fit the model's layers.
+            taken = list(self.examples(n=1)["image"].shape[1:])
+            raise UserError(
+                f"this model cannot take images of shape {list(shape)} (it was trained on "
+                f"{taken}): {type(error).__name__}"
+            ) from None
+        self._fitting_shapes.add(shape)
 
     @functools.cached_property
     def _predict(self) -> evaluation.OverBatches:
@@ -119,6 +145,25 @@ class Run:
             return self.family.predict(model, batch, step)
 
         return evaluation.OverBatches(predict, self.mesh)
+
+
+def _checked_images(images) -> np.ndarray:
+    """Images as float32 [N, H, W, C] in [0, 1], or `UserError` saying what is wrong."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise UserError(f"predict takes images [N, H, W, C]; got shape {list(images.shape)}")
+    if not (np.issubdtype(images.dtype, np.floating) or images.dtype == np.bool_):
+        raise UserError(
+            f"predict takes float images in [0, 1]; got {images.dtype} (divide uint8 pixels by 255)"
+        )
+    images = images.astype(np.float32)
+    if not np.isfinite(images).all():
+        raise UserError("predict takes finite images; these hold NaN or infinity")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        hint = " (divide 0-255 pixels by 255)" if high > 1 else ""
+        raise UserError(f"predict takes images in [0, 1]; these span [{low:g}, {high:g}]{hint}")
+    return images
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -11,15 +11,17 @@ import json
 
 from jvision import preemption
 
-with preemption.command():  # First: a stop at any moment is one line and exit 75.
-    from absl import app, flags
+if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
+    preemption.stop_while_starting()
 
-    from jvision import cli
+from absl import app, flags  # noqa: E402
 
-    _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
-    _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
-    _SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
-    _IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
+from jvision import cli  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
+_IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
 
 _OVERRIDES: dict[str, str] = {}
 
@@ -53,5 +55,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with preemption.command():
-        app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=parse_flags)

@@ -7,6 +7,7 @@ Needs a family whose `predict(model, batch, step)` gives `{boxes, scores, labels
 
 import jax
 import ml_collections
+import numpy as np
 
 from jvision.data import pipeline
 from jvision.evaluation import OverBatches
@@ -29,15 +30,16 @@ class Evaluator:
         self._detect = OverBatches(detect, mesh)
 
     def run(self, graphdef, model_state, step: int) -> dict[str, float]:
-        detections, ground_truths = [], []
+        predicted, truth = [], []
         for outputs in self._detect(graphdef, model_state, self.data, step):
-            predicted, truth = jax.device_get(outputs)
-            real = truth.pop("mask") > 0
-            detections += detection_metrics.unpad_detections(predicted, real)
-            ground_truths += detection_metrics.unpad_ground_truth(truth, real)
-        aps = detection_metrics.voc07_average_precision(
-            detections, ground_truths, self.num_classes, self.iou_threshold
+            batch_predicted, batch_truth = jax.device_get(outputs)
+            real = batch_truth.pop("mask") > 0  # Padding rows are dropped.
+            predicted.append(jax.tree.map(lambda x, real=real: x[real], batch_predicted))
+            truth.append(jax.tree.map(lambda x, real=real: x[real], batch_truth))
+        predicted, truth = (
+            jax.tree.map(lambda *x: np.concatenate(x), *t) for t in (predicted, truth)
         )
-        results = {f"{self.name}/mAP": float(aps.mean())}
-        results.update({f"{self.name}/AP_{c}": float(ap) for c, ap in enumerate(aps)})
-        return results
+        scores = detection_metrics.score(
+            predicted, truth, self.num_classes, self.iou_threshold, check_convention=False
+        )
+        return {f"{self.name}/{metric}": value for metric, value in scores.items()}

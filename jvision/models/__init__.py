@@ -12,15 +12,18 @@ take a model and a batch run inside `jax.jit`; evaluations and `predict` see the
 (`eval_model`). `build` only constructs: it reads no files.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable
-from typing import Any
-
-from flax import nnx
+from typing import TYPE_CHECKING, Any
 
 from jvision.errors import UserError
+
+if TYPE_CHECKING:  # Flax is imported by the families: listing them (`known`) stays light.
+    from flax import nnx
 
 Batch = dict[str, Any]
 ExampleMaker = Callable[[int, Any], dict]  # (index, numpy Generator) -> one example (NumPy).
@@ -31,6 +34,8 @@ def _as_drawn(outputs: dict) -> dict:
 
 
 def _all_parameters(model: nnx.Module):
+    from flax import nnx
+
     del model
     return nnx.Param
 
@@ -90,10 +95,15 @@ def known() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def get(name: str) -> Family:
-    """The family `jvision.models.<name>`, its optional functions resolved to their defaults."""
+def check_name(name: str) -> None:
+    """`UserError` unless `name` is a family's."""
     if name not in known():
         raise UserError(f"unknown model.name {name!r}; known models: {', '.join(known())}")
+
+
+def get(name: str) -> Family:
+    """The family `jvision.models.<name>`, its optional functions resolved to their defaults."""
+    check_name(name)
     module = importlib.import_module(f"{__name__}.{name}")
     declared = {
         field.name: getattr(module, field.name)
@@ -116,6 +126,8 @@ def bind(examples: Callable[[Any, Any], ExampleMaker] | None, model_config):
 
 def eval_model(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
     """The model of `state` in eval mode (BatchNorm statistics, no dropout)."""
+    from flax import nnx
+
     model = nnx.merge(graphdef, state)
     model.eval()
     return model

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jvision import summaries
 from jvision.errors import UserError
 from jvision.models import _resnet
 from jvision.ops import conv_transpose, distributions
@@ -333,6 +334,16 @@ def image_summaries(model, batch, key, step):
     grids = {"reconstructions": (pairs + 1) / 2}
     if isinstance(model, PatchVAE):
         grids.update(_part_summaries(model, batch["image"]))
+    return grids
+
+
+def draw_summaries(outputs):
+    """The pictures as `image_summaries` made them, the reconstruction pairs under a row naming
+    their columns."""
+    grids = dict(outputs)
+    grids["reconstructions"] = summaries.with_column_labels(
+        outputs["reconstructions"], ["in", "out"]
+    )
     return grids
 
 

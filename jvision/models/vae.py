@@ -160,9 +160,11 @@ def image_summaries(model: VAE, batch, key, step):
 
 
 def draw_summaries(outputs):
-    """Rows of 8 (input, reconstruction) pairs, and rows of 16 samples."""
-    pairs = outputs["pairs"]
+    """Rows of 8 (input, reconstruction) pairs under a row naming them, and rows of 16
+    samples."""
+    pairs = summaries.as_rows(outputs["pairs"], 8)  # [rows, pairs, 2, H, W, C]
+    rows = pairs.reshape(pairs.shape[0], -1, *pairs.shape[3:])
     return {
-        "reconstructions": summaries.as_rows(pairs.reshape(-1, *pairs.shape[2:]), 16),
+        "reconstructions": summaries.with_column_labels(rows, ["in", "out"]),
         "samples": summaries.as_rows(outputs["samples"], 16),
     }

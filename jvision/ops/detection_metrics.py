@@ -6,9 +6,13 @@ padded with label -1 (`boxes` [N, M, 4], `labels` [N, M]). `unpad_*` turn them i
 lists `voc07_average_precision` scores.
 """
 
+import logging
+
 import numpy as np
 
 from jvision.ops import boxes as box_ops
+
+log = logging.getLogger(__name__)
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 11)
 
@@ -35,6 +39,71 @@ def unpad_ground_truth(truth: dict, rows: np.ndarray | None = None) -> list[dict
         }
         for index in np.flatnonzero(rows)
     ]
+
+
+def score(
+    predictions: dict,
+    ground_truth: dict,
+    num_classes: int = 10,
+    iou_threshold: float = 0.5,
+    check_convention: bool = True,
+) -> dict[str, float]:
+    """The detection evaluator's numbers for padded arrays: `{"mAP": ..., "AP_<class>": ...}`.
+
+    Args:
+      predictions: what a detector's `predict` returns (`jvision.evaluate.Run.predict`): `boxes`
+        [N, K, 4] normalised (ymin, xmin, ymax, xmax) in [0, 1], `scores` [N, K], `labels`
+        [N, K] (class indices), `valid` [N, K] (bool: padding rows False).
+      ground_truth: `boxes` [N, M, 4] in the same convention and `labels` [N, M], -1 for padding.
+      num_classes, iou_threshold: as the evaluator's (VOC07: a detection counts when it overlaps
+        an unclaimed ground-truth box of its class by more than `iou_threshold`).
+      check_convention: also score the ground truth with x and y swapped, and warn when that
+        matches far better (the two sides disagree on the box convention).
+    Raises:
+      ValueError: ground-truth boxes outside [0, 1], or valid predicted ones far outside it
+        (pixels rather than fractions of the image), or ground truth with min > max.
+    """
+    real = np.asarray(ground_truth["labels"]) >= 0
+    valid = np.asarray(predictions["valid"], bool)
+    # Ground truth lies in the image; predicted boxes may cross its border (the SSD's are not
+    # clipped), but pixel coordinates fall far outside either range.
+    for name, boxes, (low, high) in (
+        ("ground_truth", np.asarray(ground_truth["boxes"])[real], (-0.01, 1.01)),
+        ("predictions", np.asarray(predictions["boxes"])[valid], (-1.0, 2.0)),
+    ):
+        if boxes.size and (boxes.min() < low or boxes.max() > high):
+            raise ValueError(
+                f"{name} boxes span [{boxes.min():g}, {boxes.max():g}]: boxes are fractions of "
+                "the image (ymin, xmin, ymax, xmax), 0 to 1; divide pixel coordinates by its size"
+            )
+    truth = np.asarray(ground_truth["boxes"])[real]
+    if len(truth) and ((truth[:, 2] < truth[:, 0]) | (truth[:, 3] < truth[:, 1])).any():
+        raise ValueError(
+            "ground_truth boxes have min > max: the convention is (ymin, xmin, ymax, xmax)"
+        )
+    detections = unpad_detections(predictions)
+    aps = voc07_average_precision(
+        detections, unpad_ground_truth(ground_truth), num_classes, iou_threshold
+    )
+    if check_convention:
+        _warn_if_transposed(detections, ground_truth, aps.mean(), num_classes, iou_threshold)
+    return {"mAP": float(aps.mean()), **{f"AP_{c}": float(ap) for c, ap in enumerate(aps)}}
+
+
+def _warn_if_transposed(detections, ground_truth, mean_ap, num_classes, iou_threshold) -> None:
+    """The mistake the box convention invites: (xmin, ymin, xmax, ymax). When the ground truth
+    matches far better with x and y swapped, the two sides disagree on it: a warning."""
+    swapped = {**ground_truth, "boxes": np.asarray(ground_truth["boxes"])[..., [1, 0, 3, 2]]}
+    transposed = voc07_average_precision(
+        detections, unpad_ground_truth(swapped), num_classes, iou_threshold
+    ).mean()
+    if transposed > max(2 * mean_ap, mean_ap + 0.2):
+        log.warning(
+            "mAP %.3g, but %.3g with the ground truth's x and y swapped: predictions and ground "
+            "truth are in different box conventions (jvision's: ymin, xmin, ymax, xmax)",
+            mean_ap,
+            transposed,
+        )
 
 
 def voc07_average_precision(
