@@ -30,7 +30,11 @@ from jvision.errors import UserError
 log = logging.getLogger(__name__)
 
 DAMAGED_DIR = "checkpoints_damaged"
+# Written into DAMAGED_DIR where folders exist only through their files (gcsfs buckets).
+DAMAGED_README = "README.txt"
+DAMAGED_NOTE = b"Checkpoints jvision found damaged and moved here; it never deletes them.\n"
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # In the name of a save Orbax has not committed.
+COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into a save it commits in a bucket.
 
 
 def directory(workdir: epath.Path) -> epath.Path:
@@ -49,13 +53,23 @@ def target(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def is_unfinished(entry: epath.Path) -> bool:
+    """Whether an entry of the checkpoints folder is a save Orbax did not commit: on disks, its
+    temporary directory (renamed at the commit); in a bucket, where Orbax renames nothing and
+    commits by writing `COMMIT_FILE` last, a step directory without that file."""
+    if TEMPORARY_MARK in entry.name:
+        return True
+    in_bucket_step = workdir_lib.is_uri(entry) and entry.name.isdigit()
+    return in_bucket_step and not (entry / COMMIT_FILE).exists()
+
+
 def remove_unfinished_saves(checkpoints: epath.Path, sync: bool = True) -> None:
     """Removes what saves cut short left (kill -9, a second Ctrl-C, a full disk): Orbax's
-    temporary directories, never a committed step. Process 0 removes; with `sync`, every
-    process then waits for it."""
+    temporary directories (`is_unfinished`), never a committed step. Process 0 removes; with
+    `sync`, every process then waits for it."""
     if jax.process_index() == 0 and checkpoints.exists():
         for entry in checkpoints.iterdir():
-            if TEMPORARY_MARK in entry.name:
+            if is_unfinished(entry):
                 entry.rmtree()
     if sync and jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -117,6 +131,8 @@ class Checkpoints:
         if jax.process_index() == 0:
             damaged = self.workdir / DAMAGED_DIR
             damaged.mkdir(parents=True, exist_ok=True)
+            if not damaged.exists():  # A bucket through gcsfs: a folder exists by its files.
+                workdir_lib.write_atomically(damaged / DAMAGED_README, DAMAGED_NOTE)
             destination, copy = damaged / str(step), 1
             while destination.exists():
                 destination, copy = damaged / f"{step}.{copy}", copy + 1

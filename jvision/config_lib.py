@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = ""
+    # The dtype of convolutions' and dense layers' operands: "float32" or "bfloat16" (parameters,
+    # optimizer state, norms and losses stay float32; jvision/ops/precision.py).
+    config.model.dtype = "float32"
 
     # Initialise part of the model from another run before training (not when resuming): the
     # sub-tree `source` ("/"-separated; "" = the whole model) of the model saved in `workdir`
@@ -224,6 +227,10 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
             ):
                 fill(node[key], value)
 
+    model = config.get("model")
+    if model is not None and "matmul_dtype" in model:  # Its name before `model.dtype`.
+        model.dtype = model.matmul_dtype
+        del model["matmul_dtype"]
     fill(config, base_config())
     return config
 

@@ -2,17 +2,24 @@
 
 With TensorFlow installed (the default requirements), CLU writes them (`clu.metric_writers`,
 `clu.periodic_actions`). Where TensorFlow is absent (GPU or TPU images often lack it, and CLU's
-writers import it), the same events are written by TensorBoard's own TF-free event writer, and
+writers import it), the same events are written in TensorBoard's format by `EventFile`, and
 progress (steps/s) is logged by a small hook: runs train and write their TensorBoard logs either
 way. Profiling (`config.profile_steps`) then uses `jax.profiler` directly.
+
+`EventFile` never appends to an object in a bucket: objects there are written whole (TensorBoard's
+own TF-free writer appends, which gcsfs turns into an overwrite: each file kept its last record).
 """
 
 import io
 import logging
+import os
+import socket
 import time
 
 import jax
 import numpy as np
+
+from jvision import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +51,77 @@ class LoggingOnly:
         pass
 
 
+class EventFile:
+    """TensorBoard event files written through `etils.epath`, never appended to in a bucket.
+
+    Records are framed in memory and reach storage at each `flush` (explicit, at `close`, and with
+    the first record `flush_secs` after the last flush). On a local disk the new records are
+    appended (TensorBoard keeps reading a file it has open). In a bucket (`gs://`, `s3://`) an
+    object cannot be appended to, so the whole file is rewritten, as TensorFlow's own GCS writer
+    does; once a file holds `max_bytes`, the next record starts a new file (TensorBoard reads every
+    event file of a directory, in name order), so that no flush rewrites more than about that.
+    """
+
+    def __init__(self, logdir: str, flush_secs: float = 60.0, max_bytes: int = 16 << 20):
+        self.folder = workdir_lib.path(logdir)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.flush_secs, self.max_bytes = flush_secs, max_bytes
+        self._rewrite = workdir_lib.is_uri(self.folder)
+        self._stamp = 0
+        self._last_flush = time.monotonic()
+        self._next_file()
+        self.flush()  # The run shows in TensorBoard from its start.
+
+    def _next_file(self) -> None:
+        """Starts the next event file (its name sorts after the previous one's), its first record
+        the file version, pending."""
+        from tensorboard.compat.proto import event_pb2
+
+        self._stamp = max(int(time.time()), self._stamp + 1)
+        name = f"events.out.tfevents.{self._stamp:010d}.{socket.gethostname()}.{os.getpid()}.0"
+        self.file = self.folder / name
+        self._flushed = bytearray()  # What the file holds, where it is rewritten whole.
+        self._size = 0  # The file's length.
+        self._pending = io.BytesIO()
+        self._frame(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _frame(self, event) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        RecordWriter(self._pending).write(event.SerializeToString())
+
+    def add_event(self, event) -> None:
+        if self._size + self._pending.tell() >= self.max_bytes:
+            self.flush()
+            self._next_file()
+        self._frame(event)
+        if time.monotonic() - self._last_flush >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        """Puts the pending records in storage."""
+        new = self._pending.getvalue()
+        self._last_flush = time.monotonic()
+        if not new:
+            return
+        if self._rewrite:
+            self.file.write_bytes(bytes(self._flushed + new))
+            self._flushed += new
+        else:
+            with self.file.open("ab") as file:
+                file.write(new)
+        self._size += len(new)
+        self._pending = io.BytesIO()
+
+    def close(self) -> None:
+        self.flush()
+
+
 class EventWriter(LoggingOnly):
     """A TF-free writer with the part of CLU's `MetricWriter` interface jvision uses."""
 
     def __init__(self, logdir: str):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self._events = EventFileWriter(logdir)
+        self._events = EventFile(logdir)
 
     def _add(self, step: int, summary) -> None:
         from tensorboard.compat.proto import event_pb2

@@ -141,7 +141,7 @@ def test_predict_returns_fixed_size_per_class_detections():
     assert detections["valid"].dtype == jnp.bool_
     outputs = jax.device_get(ssd.image_summaries(model, _batch(2), None, 0))
     grids = ssd.draw_summaries(outputs)
-    assert grids["detections"].shape == (1, 8, 128, 128, 3)
+    assert grids["detections"].shape == (1, 2, 128, 128, 3)  # The 2 scenes, ×4, one row.
 
 
 def test_detect_keeps_the_confident_boxes_of_each_class_after_nms():

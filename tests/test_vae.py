@@ -48,8 +48,12 @@ def test_eval_metrics_are_per_example_and_images_in_range():
         "kl_nats": (6,),
     }
     images = vae.draw_summaries(vae.image_summaries(model, batch, jax.random.key(0), 0))
-    assert images["reconstructions"].shape == (1, 16, 28, 28, 1)  # 6 input/output pairs, padded.
-    assert images["samples"].shape == (1, 16, 28, 28, 1)
+    # A row naming the columns ("in", "out"), then the 6 input/output pairs; no padding tiles.
+    assert images["reconstructions"].shape == (2, 12, 28, 28, 1)
+    labels = np.asarray(images["reconstructions"][0])
+    assert labels[0].any() and labels[1].any() and not np.array_equal(labels[0], labels[1])
+    np.testing.assert_array_equal(labels[0], labels[2])  # "in" over every input.
+    assert images["samples"].shape == (1, 6, 28, 28, 1)
     assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in images.values())
 
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from jvision import logs
-from jvision.data import sources
+from jvision.data import on_device, sources
 from jvision.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,43 @@ def _source(data: ml_collections.ConfigDict, split: str):
     return source
 
 
-def train_data(config: ml_collections.ConfigDict, examples=None, process: tuple | None = None):
-    """An infinite, checkpointable iterator of this process's rows of the training batches
-    (reshuffled every epoch unless `data.shuffle` is False: then every epoch has the stored
-    order), and the shapes and dtypes of the global batches (`{field: jax.ShapeDtypeStruct}`).
+def _index_batches(config: ml_collections.ConfigDict, size: int) -> grain.MapDataset:
+    """The global batches of example indices both placements read: the split shuffled with the
+    config's seed (reshuffled every epoch unless `data.shuffle` is False), repeated, batched."""
+    indices = grain.MapDataset.range(size)
+    if config.data.shuffle:
+        indices = indices.shuffle(seed=config.seed)
+    return indices.repeat(None).batch(config.batch_size, drop_remainder=True)
+
+
+def train_input(
+    config: ml_collections.ConfigDict, examples=None, mesh=None, process: tuple | None = None
+) -> on_device.Input:
+    """The training data as a jitted step takes it (`on_device.Input`), placed as
+    `data.placement` says: on the host (`train_data`) or on the devices of `mesh`
+    (`jvision.data.on_device`)."""
+    data = config.data
+    source = _source(data, data.train_split)
+    capable = examples is None and not data.image_size
+    placement = on_device.choose(config, source, capable) if mesh is not None else "host"
+    size = logs.count(len(source), "example")
+    log.info("train data: %s[%s], %s, on the %s", data.name, data.train_split, size, placement)
+    if placement == "device":
+        check_batch_size(config.batch_size, "batch_size")
+        rows = ProcessRows(config.batch_size, *(process or ()))
+        indices = _index_batches(config, len(source))
+        pixel_max = sources.spec(data.name).pixel_max
+        return on_device.train_input(config, source, rows, indices, mesh, pixel_max)
+    batches, spec = train_data(config, examples, process, source=source)
+    return on_device.Input(batches, {}, on_device.as_given, spec, "host")
+
+
+def train_data(
+    config: ml_collections.ConfigDict, examples=None, process: tuple | None = None, source=None
+):
+    """An infinite, checkpointable iterator of this process's rows of the training batches, read
+    and transformed on the host, and the shapes and dtypes of the global batches
+    (`{field: jax.ShapeDtypeStruct}`).
 
     `examples(source)`, when given, returns the maker `(index, rng) -> example` of the training
     examples (e.g. a model family's triplets made from detection scenes); without it the stored
@@ -193,14 +226,9 @@ def train_data(config: ml_collections.ConfigDict, examples=None, process: tuple 
     (default: this process's, of `jax.process_count()`)."""
     data = config.data
     check_batch_size(config.batch_size, "batch_size")
-    source = _source(data, data.train_split)
-    size = logs.count(len(source), "example")
-    log.info("train data: %s[%s], %s", data.name, data.train_split, size)
+    source = _source(data, data.train_split) if source is None else source
     rows = ProcessRows(config.batch_size, *(process or ()))
-    indices = grain.MapDataset.range(len(source))
-    if data.shuffle:
-        indices = indices.shuffle(seed=config.seed)
-    indices = indices.repeat(None).batch(config.batch_size, drop_remainder=True)
+    indices = _index_batches(config, len(source))
     resize = ResizeCrop(data.image_size) if data.image_size else None
     make = examples(source) if examples else None
     if make is None:
@@ -237,23 +265,48 @@ class EvalData:
         split: str,
         examples=None,
         process: tuple | None = None,
+        mesh=None,
     ):
         """`examples(source)`, when given, returns the maker `(index, rng) -> example` of the
         examples to evaluate (e.g. exemplar crops of a split's scenes); `process` = (index,
-        count) as for `train_data`."""
+        count) as for `train_data`. With a `mesh`, `data.placement` may put the split on its
+        devices: iterating then yields indices and a mask, and `arrays` and `materialize`
+        (run inside jit) give the batch (`jvision.data.on_device`)."""
         data = config.data
         check_batch_size(config.eval_batch_size, "eval_batch_size")
         self.source = _source(data, split)
         self.make = examples(self.source) if examples else None
         self.size = len(self.source)
-        log.debug("eval data: %s[%s], %d examples", data.name, split, self.size)
         self.rows = ProcessRows(config.eval_batch_size, *(process or ()))
         self.resize = ResizeCrop(data.image_size) if data.image_size else None
         self.decode = Decode(sources.spec(data.name).pixel_max)
         self.binarize = data.binarize == "dynamic"
         self.num_batches = math.ceil(self.size / config.eval_batch_size)
+        capable = self.make is None and not data.image_size
+        placement = on_device.choose(config, self.source, capable) if mesh is not None else "host"
+        log.debug(
+            "eval data: %s[%s], %d examples, on the %s", data.name, split, self.size, placement
+        )
+        self.arrays, self.materialize = {}, on_device.as_given
+        if placement == "device":
+            self.arrays = on_device.eval_arrays(self, mesh)
+            self.materialize = on_device.transform(config, 1, train=False)
+
+    def as_one_process(self) -> list[dict[str, np.ndarray]]:
+        """Every global batch whole, as one process reads them on the host."""
+        whole = ProcessRows(self.rows.global_size, 0, 1)
+        rows, self.rows = self.rows, whole
+        try:
+            return list(self._host_batches())
+        finally:
+            self.rows = rows
 
     def __iter__(self):
+        if self.arrays:
+            return on_device.eval_indices(self.size, self.rows, self.num_batches)
+        return self._host_batches()
+
+    def _host_batches(self):
         global_size, local_size = self.rows.global_size, self.rows.rows.stop - self.rows.rows.start
         rng = np.random.default_rng(EVAL_BINARIZE_SEED)
         for index in range(self.num_batches):

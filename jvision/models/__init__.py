@@ -113,7 +113,22 @@ def get(name: str) -> Family:
     missing = [field for field in REQUIRED if field != "name" and field not in declared]
     if missing:
         raise TypeError(f"model family {name} lacks {', '.join(missing)}")
+    declared["build"] = _with_dtype_policy(declared["build"])
     return Family(name=name, **declared)
+
+
+def _with_dtype_policy(build):
+    """The family's `build`, then `config.model.dtype` applied to its layers
+    (`jvision.ops.precision`)."""
+
+    def build_with_policy(model_config, rngs):
+        from jvision.ops import precision
+
+        return precision.apply_policy(
+            build(model_config, rngs), model_config.get("dtype", "float32")
+        )
+
+    return build_with_policy
 
 
 def bind(examples: Callable[[Any, Any], ExampleMaker] | None, model_config):

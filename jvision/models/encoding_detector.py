@@ -54,7 +54,7 @@ from jvision import models, summaries
 from jvision.data import triplets
 from jvision.errors import UserError
 from jvision.ops import boxes as box_ops
-from jvision.ops import conv_transpose, correlation, distributions
+from jvision.ops import conv_transpose, correlation, distributions, precision
 
 HEAT_COLOR = (1.0, 0.2, 0.1)
 
@@ -180,10 +180,10 @@ class EncodingDetector(nnx.Module):
     def vae(self, exemplar_map: jax.Array, key: jax.Array | None):
         """Reconstruction logits of exemplars from their maps; z is the mean when key is None."""
         flat = jax.nn.relu(exemplar_map).reshape(exemplar_map.shape[0], -1)
-        mean, logvar = self.to_mean(flat), self.to_logvar(flat)
+        mean, logvar = precision.float32((self.to_mean(flat), self.to_logvar(flat)))
         z = mean if key is None else distributions.reparameterized_sample(key, mean, logvar)
         hidden = jax.nn.relu(self.expand(z)).reshape(-1, *self.map_shape)
-        return self.decoder(hidden), mean, logvar
+        return precision.float32(self.decoder(hidden)), mean, logvar
 
     def responses(self, correlations: jax.Array) -> jax.Array:
         """Response logits from correlation sums."""

@@ -32,7 +32,7 @@ from flax import nnx
 from jvision import summaries
 from jvision.errors import UserError
 from jvision.models import _resnet
-from jvision.ops import conv_transpose, distributions
+from jvision.ops import conv_transpose, distributions, precision
 
 KINDS = ("patchvae", "vae")
 
@@ -108,7 +108,7 @@ class PyramidDecoder(nnx.Module):
         x = jax.nn.leaky_relu(self.project_norm(self.project(z)), 0.2)
         for up, norm in zip(self.ups, self.norms, strict=True):
             x = jax.nn.leaky_relu(norm(up(x)), 0.2)
-        return jnp.tanh(self.to_image(x))
+        return jnp.tanh(precision.float32(self.to_image(x)))
 
 
 def _head(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -149,9 +149,10 @@ class PatchVAE(nnx.Module):
         """Appearance mean and variance [B, P, L] and occurrence logits [B, h, w, P]."""
         f = self.encoder(images)
         batch, h, w, _ = f.shape
-        mean = self.appearance_mean(f).reshape(batch, h, w, self.num_parts, self.part_size)
-        variance = jnp.clip(jnp.exp(self.appearance_logvar(f)), 1e-7, 1e7).reshape(mean.shape)
-        logits = self.occurrence_logits(f)
+        heads = (self.appearance_mean(f), self.appearance_logvar(f), self.occurrence_logits(f))
+        mean, logvar, logits = precision.float32(heads)  # Of any compute dtype.
+        mean = mean.reshape(batch, h, w, self.num_parts, self.part_size)
+        variance = jnp.clip(jnp.exp(logvar), 1e-7, 1e7).reshape(mean.shape)
         weights = jax.lax.stop_gradient(jax.nn.sigmoid(logits))[..., None]  # [B, h, w, P, 1]
         total = weights.sum(axis=(1, 2)) + 1e-7
         pooled_mean = (weights * mean).sum(axis=(1, 2)) / total
@@ -205,8 +206,9 @@ class GlobalVAE(nnx.Module):
 
     def posterior(self, images: jax.Array):
         f = jax.nn.relu(self.reduce_norm(self.reduce(self.encoder(images))))
-        mean = self.to_mean(f).reshape(images.shape[0], -1)
-        variance = jnp.exp(self.to_logvar(f).reshape(images.shape[0], -1))
+        mean, logvar = precision.float32((self.to_mean(f), self.to_logvar(f)))
+        mean = mean.reshape(images.shape[0], -1)
+        variance = jnp.exp(logvar.reshape(images.shape[0], -1))
         return mean, variance
 
     def decode(self, z: jax.Array) -> jax.Array:

@@ -31,6 +31,7 @@ from flax import nnx
 
 from jvision import summaries
 from jvision.ops import boxes as box_ops
+from jvision.ops import precision
 
 NUM_DIGITS = 10
 BACKGROUND = NUM_DIGITS  # Class index of "no object".
@@ -174,7 +175,8 @@ class SSD(nnx.Module):
             box_offsets, class_logits = head(instance_norm(x))
             offsets.append(box_offsets)
             logits.append(class_logits)
-        return jnp.concatenate(offsets, axis=1), jnp.concatenate(logits, axis=1)
+        outputs = jnp.concatenate(offsets, axis=1), jnp.concatenate(logits, axis=1)
+        return precision.float32(outputs)  # Of any compute dtype (`model.dtype`).
 
 
 class Detector(nnx.Module):

@@ -18,6 +18,7 @@ from flax import nnx
 
 from jvision import summaries
 from jvision.models import _resnet
+from jvision.ops import precision
 
 CORRECT_COLOR = (0.1, 0.9, 0.1)
 WRONG_COLOR = (0.95, 0.15, 0.1)
@@ -45,7 +46,7 @@ class Classifier(nnx.Module):
         features = self.encoder(_normalise(images))
         x = features.reshape(features.shape[0], -1)
         x = self.dropout(x, rngs=nnx.Rngs(dropout=key) if key is not None else None)
-        return self.logits(jax.nn.relu(self.hidden(x)))
+        return precision.float32(self.logits(jax.nn.relu(self.hidden(x))))
 
 
 def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Classifier:

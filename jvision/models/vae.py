@@ -17,7 +17,7 @@ from flax import nnx
 
 from jvision import summaries
 from jvision.models import _variational
-from jvision.ops import distributions, spatial
+from jvision.ops import distributions, precision, spatial
 
 
 class UpConv(nnx.Module):
@@ -89,7 +89,8 @@ class VAE(nnx.Module):
         h = images
         for block in self.encoder:
             h = block(h)
-        mean, logvar = jnp.split(self.posterior(h.reshape(h.shape[0], -1)), 2, axis=-1)
+        posterior = precision.float32(self.posterior(h.reshape(h.shape[0], -1)))
+        mean, logvar = jnp.split(posterior, 2, axis=-1)
         return mean, logvar
 
     def decode(self, z: jax.Array) -> jax.Array:
@@ -97,7 +98,7 @@ class VAE(nnx.Module):
         h = jax.nn.relu(self.expand(z)).reshape(z.shape[0], *self.feature_shape)
         for block in self.decoder:
             h = block(h)
-        return self.to_logits(h)
+        return precision.float32(self.to_logits(h))
 
     def __call__(self, images: jax.Array, key: jax.Array):
         mean, logvar = self.encode(images)

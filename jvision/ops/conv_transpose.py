@@ -90,5 +90,8 @@ class ConvTranspose(nnx.ConvTranspose):
         strides = self.strides or 1
         strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
         padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-        y = conv_transpose(inputs, self.kernel[...], strides, padding)
-        return y + self.bias[...] if self.bias is not None else y
+        kernel = self.kernel[...]
+        if self.dtype is not None:  # The compute dtype (`model.dtype`), as Flax's layers.
+            inputs, kernel = inputs.astype(self.dtype), kernel.astype(self.dtype)
+        y = conv_transpose(inputs, kernel, strides, padding)
+        return y + self.bias[...].astype(y.dtype) if self.bias is not None else y

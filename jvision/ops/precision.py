@@ -1,4 +1,16 @@
-"""Mixed-precision matmuls: bfloat16 operands, float32 accumulation and results, in both passes.
+"""The compute-dtype policy (`config.model.dtype`), and mixed-precision matmuls.
+
+`model.dtype` is the dtype of the operands of every convolution and dense layer: "float32" (the
+default: everything float32), or "bfloat16". `apply_policy`, run on every model a family builds
+(`jvision.models.get` wraps `build` with it), sets Flax's `dtype=` of each `Conv`,
+`ConvTranspose` and `Linear`: in bfloat16 they take bfloat16 inputs and kernels and give
+bfloat16 outputs, so their backward passes run in bfloat16 too. Parameters, optimizer state,
+normalisation (BatchNorm and GroupNorm compute in float32 and give float32), losses and
+likelihoods stay float32: a family casts its outputs with `float32` before a loss. DRAW's dense
+layers also use `dot_general` below: float32 results, since its canvas sums 64 glimpses'
+updates.
+
+Mixed-precision matmuls: bfloat16 operands, float32 accumulation and results, in both passes.
 
 Parameters and activations stay float32; only the operands of a dense layer's matmul are rounded to
 bfloat16, which is what a TPU does by default with float32 matmuls. On CPUs with AMX or AVX512-BF16
@@ -19,6 +31,32 @@ from jvision.errors import UserError
 
 FLOAT32 = "float32"
 DTYPES = (FLOAT32, "bfloat16")
+
+
+def check(dtype: str) -> str:
+    """`dtype` if it is one of DTYPES, else `UserError`."""
+    if dtype not in DTYPES:
+        raise UserError(f"model.dtype {dtype!r} is not one of {DTYPES}")
+    return dtype
+
+
+def apply_policy(model, dtype: str):
+    """Sets the compute dtype of every convolution and dense layer of `model` (in place) and
+    returns it. float32 leaves Flax's default (None: the layers compute in their inputs' and
+    parameters' dtype), so float32 models are exactly as built."""
+    from flax import nnx
+
+    if check(dtype) != FLOAT32:
+        layers = (nnx.Conv, nnx.ConvTranspose, nnx.Linear)
+        model.set_attributes(*layers, dtype=jnp.dtype(dtype), raise_if_not_found=False)
+    return model
+
+
+def float32(tree):
+    """Every floating array of `tree` as float32: a model's outputs before its loss."""
+    return jax.tree.map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
 def _dense_dims(lhs, rhs, dimension_numbers) -> bool:
@@ -60,9 +98,7 @@ def dot_general(dtype: str):
     'float32' gives `jax.lax.dot_general` itself. Otherwise only a dense layer's contraction
     (inputs [..., K] with a kernel [K, N]) is supported; the result is float32.
     """
-    if dtype not in DTYPES:
-        raise UserError(f"model.matmul_dtype {dtype!r} is not one of {DTYPES}")
-    if dtype == FLOAT32:
+    if check(dtype) == FLOAT32:
         return jax.lax.dot_general
     compute_dtype = jnp.dtype(dtype)
 
