@@ -21,12 +21,13 @@ class CompiledStep:
     batch: Any  # The first batch, on the mesh.
     host_batch: dict  # The same batch as NumPy arrays.
     data: Any  # The training iterator, after that batch.
+    arrays: Any  # The data's device arrays ({} when the data are on the host).
 
     def run(self, first: int, count: int) -> None:
         """Takes steps `first` .. `first + count - 1` on the one batch and waits for them."""
         for step in range(first, first + count):
             self.state, self.metrics = self.compiled(
-                self.state, self.metrics, self.batch, jnp.int32(step)
+                self.state, self.metrics, self.arrays, self.batch, jnp.int32(step)
             )
         jax.block_until_ready((self.state, self.metrics))
 
@@ -34,14 +35,15 @@ class CompiledStep:
 def compile_step(config) -> CompiledStep:
     family = models.get(config.model.name)
     mesh = sharding.make_mesh(config.mesh)
-    data, _ = pipeline.train_data(config, models.bind(family.train_examples, config.model))
-    host_batch = next(data)
+    data = pipeline.train_input(config, models.bind(family.train_examples, config.model), mesh)
+    host_batch = next(data.batches)
     batch = sharding.global_batch(mesh, host_batch)
     layout, state = train.create_state(config, family, mesh)
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-    step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, spec)
+    step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, data)
     metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
     start = time.perf_counter()
-    compiled = step_fn.lower(state, metrics, batch, jnp.int32(0)).compile()
+    compiled = step_fn.lower(state, metrics, data.arrays, batch, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
-    return CompiledStep(compiled, compile_s, state, metrics, batch, host_batch, data)
+    return CompiledStep(
+        compiled, compile_s, state, metrics, batch, host_batch, data.batches, data.arrays
+    )

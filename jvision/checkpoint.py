@@ -178,6 +178,8 @@ class Checkpoints:
                 self._set_aside(step, problem)
                 skipped.append(step)
                 continue
+            # Keys added since the checkpoint was written take their defaults (`from_saved`).
+            saved = as_json(config_lib.from_saved(saved).to_dict())
             changed = config_lib.model_differences(saved["model"], as_json(config.model.to_dict()))
             if changed:
                 raise UserError(

@@ -66,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
     # kept in memory: the TFDS reader's per-example cost would otherwise compete with the train
     # step for the CPU. 0 turns it off.
     config.data.cache_max_examples = 100_000
+    # Where the examples live: "host" (read, decoded and transformed by Grain on the host),
+    # "device" (the split in device memory, each batch gathered and transformed inside the
+    # jitted step), or "auto" (the device on accelerators for splits that fit; jvision/data/
+    # on_device.py).
+    config.data.placement = "auto"
     config.data.num_workers = 0  # Grain worker processes; 0 reads in threads of this process.
     config.data.num_threads = 4
     config.data.prefetch_batches = 4

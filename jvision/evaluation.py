@@ -19,35 +19,41 @@ import numpy as np
 from flax import nnx
 
 from jvision import evaluators, models, sharding
-from jvision.data import pipeline
+from jvision.data import on_device, pipeline
 
 
 class OverBatches:
     """`fn(model, batch, step, index)` over batches of host rows (`jvision.data.pipeline`).
 
     The model is `models.eval_model(graphdef, model_state)`; `index` counts the batches (0
-    first), e.g. to fold into a key. Outputs are replicated on every device (and process).
+    first), e.g. to fold into a key. `batches` may be an `EvalData` whose split is on the
+    devices: its rows are then indices, turned into the batch inside jit (`arrays`,
+    `materialize`). Outputs are replicated on every device (and process).
     """
 
     def __init__(self, fn: Callable, mesh: jax.sharding.Mesh):
         self.fn, self.mesh = fn, mesh
-        self._jitted = {}  # By graphdef: a model state keeps its shardings (as trained).
+        self._jitted = {}  # By graphdef and materialize: a model state keeps its shardings.
 
-    def _compiled(self, graphdef):
-        if graphdef not in self._jitted:
+    def _compiled(self, graphdef, materialize):
+        if (graphdef, materialize) not in self._jitted:
 
-            def run(model_state, batch, step, index):
+            def run(model_state, arrays, inputs, step, index):
+                batch = materialize(arrays, inputs, step)
                 return self.fn(models.eval_model(graphdef, model_state), batch, step, index)
 
-            self._jitted[graphdef] = jax.jit(run, out_shardings=sharding.replicated(self.mesh))
-        return self._jitted[graphdef]
+            compiled = jax.jit(run, out_shardings=sharding.replicated(self.mesh))
+            self._jitted[graphdef, materialize] = compiled
+        return self._jitted[graphdef, materialize]
 
     def __call__(self, graphdef, model_state, batches: Iterable[dict], step: int) -> Iterator:
         """The outputs of `fn` for each batch, in order (device arrays)."""
-        compiled = self._compiled(graphdef)
+        arrays = getattr(batches, "arrays", {})
+        materialize = getattr(batches, "materialize", on_device.as_given)
+        compiled = self._compiled(graphdef, materialize)
         for index, batch in enumerate(batches):
-            global_batch = sharding.global_batch(self.mesh, batch)
-            yield compiled(model_state, global_batch, jnp.int32(step), jnp.int32(index))
+            inputs = sharding.global_batch(self.mesh, batch)
+            yield compiled(model_state, arrays, inputs, jnp.int32(step), jnp.int32(index))
 
     def first(self, graphdef, model_state, batch: dict, step: int):
         """The outputs of `fn` for one batch, as NumPy arrays."""

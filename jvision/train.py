@@ -40,7 +40,7 @@ from jvision import (
     writers,
 )
 from jvision import workdir as workdir_lib
-from jvision.data import pipeline
+from jvision.data import on_device, pipeline
 from jvision.errors import UserError, storage_failure
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,19 @@ def create_state(
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict, family: models.Family, layout: StateLayout, mesh, batch_spec
+    config: ml_collections.ConfigDict,
+    family: models.Family,
+    layout: StateLayout,
+    mesh,
+    data: on_device.Input,
 ):
-    """Returns the jitted `(state, metrics, batch, step) -> (state, metrics)` and its metrics class.
+    """Returns the jitted `(state, metrics, arrays, inputs, step) -> (state, metrics)` and its
+    metrics class: the batch is `data.materialize(arrays, inputs, step)` (the inputs themselves
+    when the data are on the host; gathered from `data.arrays` when on the devices).
 
-    `state` and `metrics` are donated; the batch is split over the mesh and the state keeps its
-    shardings. Randomness comes from `fold_in(key(seed), step)`, so a resumed run takes exactly
-    the steps of an unbroken one.
+    `state` and `metrics` are donated; the inputs are split over the mesh, the data's arrays
+    replicated, and the state keeps its shardings. Randomness comes from
+    `fold_in(key(seed), step)`, so a resumed run takes exactly the steps of an unbroken one.
     """
     base_key = jax.random.key(config.seed)
     graphdefs = layout.graphdefs
@@ -132,11 +138,12 @@ def make_train_step(
         model = nnx.merge(graphdefs["model"], model_state)
         return family.train_loss(model, batch, key, jnp.int32(0))
 
-    _, term_shapes = jax.eval_shape(loss_and_terms, layout.shapes["model"], batch_spec, base_key)
+    _, term_shapes = jax.eval_shape(loss_and_terms, layout.shapes["model"], data.spec, base_key)
     # grad_norm: the global norm of the gradient before any clipping (`optimizer.clip_norm`).
     metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes, "grad_norm"]))
 
-    def train_step(state, metrics, batch, step):
+    def train_step(state, metrics, arrays, inputs, step):
+        batch = data.materialize(arrays, inputs, step)
         model = nnx.merge(graphdefs["model"], state["model"])
         optimizer = nnx.merge(graphdefs["opt"], state["opt"])
         key = jax.random.fold_in(base_key, step)
@@ -152,7 +159,13 @@ def make_train_step(
     replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     jitted = jax.jit(
         train_step,
-        in_shardings=(layout.shardings, replicated, batch_sharded, replicated),
+        in_shardings=(
+            layout.shardings,
+            replicated,
+            jax.tree.map(lambda _: replicated, data.arrays),
+            batch_sharded,
+            replicated,
+        ),
         out_shardings=(layout.shardings, replicated),
         donate_argnums=(0, 1),
     )
@@ -223,13 +236,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logs.count(jax.process_count(), "process"),
         " × ".join(f"{axis} {size}" for axis, size in mesh.shape.items()),
     )
-    train_data, train_batch_spec = pipeline.train_data(
-        config, models.bind(family.train_examples, config.model)
-    )
+    data = pipeline.train_input(config, models.bind(family.train_examples, config.model), mesh)
+    train_data = data.batches
 
     # ----------------------------------------------------------------------- model & step
     layout, state = create_state(config, family, mesh)
-    train_step, TrainMetrics = make_train_step(config, family, layout, mesh, train_batch_spec)
+    train_step, TrainMetrics = make_train_step(config, family, layout, mesh, data)
     evaluate = evaluation.Evaluation(
         family, config, mesh, layout.graphdefs["model"], layout.shardings["model"]
     )
@@ -278,8 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise preemption.Stopped(step, stop.signal_name, str(ckpts.directory))
             if step >= total:
                 break
-            batch = sharding.global_batch(mesh, next(train_data))
-            state, metrics = train_step(state, metrics, batch, jnp.int32(step))
+            inputs = sharding.global_batch(mesh, next(train_data))
+            state, metrics = train_step(state, metrics, data.arrays, inputs, jnp.int32(step))
             step += 1
             for hook in hooks:
                 hook(step)

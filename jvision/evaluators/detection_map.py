@@ -19,7 +19,7 @@ class Evaluator:
         self.name = name
         self.num_classes = eval_config.get("num_classes", 10)
         self.iou_threshold = eval_config.get("iou_threshold", 0.5)
-        self.data = pipeline.EvalData(config, eval_config.split)
+        self.data = pipeline.EvalData(config, eval_config.split, mesh=mesh)
 
         def detect(model, batch, step, index):
             """Detections and the ground truth of the whole global batch, on every process."""

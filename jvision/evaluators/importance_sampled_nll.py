@@ -57,7 +57,7 @@ class Evaluator:
         self.name = name
         config = ml_collections.ConfigDict(config.to_dict())
         config.eval_batch_size = int(eval_config.get("batch_size", config.eval_batch_size))
-        self.data = pipeline.EvalData(config, eval_config.split)
+        self.data = pipeline.EvalData(config, eval_config.split, mesh=mesh)
         base_key = jax.random.key(config.seed + SEED_OFFSET)
 
         def sums(model, batch, step, index):

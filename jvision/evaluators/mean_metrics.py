@@ -21,7 +21,7 @@ class Evaluator:
                 "eval_metrics"
             )
         self.name = name
-        self.data = pipeline.EvalData(config, eval_config.split)
+        self.data = pipeline.EvalData(config, eval_config.split, mesh=mesh)
         base_key = jax.random.key(config.seed + EVAL_SEED_OFFSET)
 
         def averages(model, batch, step, index):
