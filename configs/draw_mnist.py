@@ -20,10 +20,11 @@ test/nelbo_nats reached 95.72 at 12,000 steps and 97.73 at 17,530 (without atten
 (`python benchmarks/step_time.py --config=configs/draw_mnist.py`); 157.7 ms in
 `python benchmarks/compare.py` on 2026-11-23 (README, Speed).
 
-Speed option: `--config.model.matmul_dtype=bfloat16` rounds the dense layers' matmul operands to
-bfloat16 (float32 accumulation, forward and backward; `jvision/ops/precision.py`), what a TPU does
-by default: 269 ms per step where float32 took 280 ms (2026-11-22, back to back, on this
-project's AMD EPYC: AVX512-BF16, no AMX).
+Speed option: `--config.model.dtype=bfloat16` rounds the dense layers' matmul operands to
+bfloat16 (float32 accumulation and results, forward and backward; `jvision/ops/precision.py`),
+what a TPU does by default: 269 ms per step where float32 took 280 ms (2026-11-22, back to back,
+on this project's AMD EPYC: AVX512-BF16, no AMX; measured under its earlier name,
+`model.matmul_dtype`).
 """
 
 from jvision import config_lib
@@ -49,7 +50,6 @@ def get_config(arg: str | None = None):
     config.model.read_size = 2
     config.model.write_size = 5
     config.model.use_attention = True
-    config.model.matmul_dtype = "float32"  # Dense layers' matmuls: 'float32' or 'bfloat16'.
 
     config.evals.test = dict(type="mean_metrics", split=config.data.eval_split)
     # test/nll_is_nats at the end: K = 100 samples per test digit (~100 s on the 2-core CPU).

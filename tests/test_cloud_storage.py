@@ -436,7 +436,6 @@ def test_a_run_in_a_bucket_stops_resumes_exactly_evaluates_and_survives_damage(
         workdir.Lock(workdir.path(run)).acquire()
     first.send_signal(signal.SIGTERM)
     _, stderr = _finish(first, returncode=75)
-    assert "TensorFlow is not installed" in stderr
     stopped = int(stderr.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert not gcs().exists(f"{bucket}/run/{workdir.LEASE_FILE}")  # Released at the stop.
 

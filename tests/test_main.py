@@ -28,11 +28,12 @@ def test_tiny_vae_trains_logs_and_ends_with_one_line(trained):
     assert 0 < results["metrics"]["test/nll_is_nats"] < 1000
     assert set(os.listdir(run.workdir / "checkpoints")) == {"2", "4"}
     assert json.loads((run.workdir / "config.json").read_text())["model"]["name"] == "vae"
-    events = event_accumulator.EventAccumulator(str(run.workdir), size_guidance={"tensors": 0})
+    events = event_accumulator.EventAccumulator(str(run.workdir))
     events.Reload()
-    tags = set(events.Tags()["tensors"])
-    assert {"train/loss", "train/kl_nats", "train/grad_norm", "test/nelbo_nats"} <= tags
-    assert {"reconstructions", "samples"} <= tags
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/kl_nats", "train/grad_norm", "test/nelbo_nats"} <= scalars
+    assert {"reconstructions", "samples"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
     assert "Traceback" not in run.stderr and run.stdout == ""
     assert run.stderr.splitlines()[-1].endswith(f"results in {run.workdir / 'results.json'}")
 
@@ -93,7 +94,8 @@ def test_tiny_transfer_from_a_tiny_pretrained_workdir(trained):
 
 
 def test_runs_and_logs_without_tensorflow(tmp_path):
-    """GPU and TPU images often lack TensorFlow: training and TensorBoard logs work without it."""
+    """GPU and TPU images often lack TensorFlow: training and TensorBoard logs work without it
+    (a run never imports it; this checks it cannot)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -108,7 +110,6 @@ def test_runs_and_logs_without_tensorflow(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "TensorFlow is not installed" in result.stderr
     assert _results(tmp_path)["step"] == 4
     events = event_accumulator.EventAccumulator(str(tmp_path))
     events.Reload()

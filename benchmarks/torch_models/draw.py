@@ -5,7 +5,7 @@ Encoder and decoder are LSTM cells whose four gates (i, f, g, o) come from one d
 loop is a Python loop. Images are [B, C, H, W]; a read glimpse is [B, 2C, N, N] and flattens in
 (channel, row, column) order where jvision's [B, N, N, 2C] flattens (row, column, channel): the
 weight converter permutes the encoder's input rows and the write head's outputs accordingly.
-Only float32 matmuls (`model.matmul_dtype='float32'`).
+Only float32 matmuls (`model.dtype='float32'`).
 """
 
 import numpy as np
@@ -148,8 +148,8 @@ class DRAW(nn.Module):
 
 def build(config) -> DRAW:
     m = config.model
-    if m.get("matmul_dtype", "float32") != "float32":
-        raise NotImplementedError(f"the DRAW twin computes in float32, not {m.matmul_dtype}")
+    if m.get("dtype", "float32") != "float32":
+        raise NotImplementedError(f"the DRAW twin computes in float32, not {m.dtype}")
     return DRAW(
         m.image_shape,
         m.num_glimpses,

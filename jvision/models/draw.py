@@ -59,7 +59,7 @@ class DRAW(nnx.Module):
         read_size: int,
         write_size: int,
         use_attention: bool,
-        matmul_dtype: str = precision.FLOAT32,
+        dtype: str = precision.FLOAT32,
         *,
         rngs: nnx.Rngs,
     ):
@@ -71,7 +71,7 @@ class DRAW(nnx.Module):
         self.write_size = write_size
         self.use_attention = use_attention
         height, width, channels = self.image_shape
-        dot_general = precision.dot_general(matmul_dtype)
+        dot_general = precision.dot_general(dtype)
         dense = functools.partial(nnx.Linear, dot_general=dot_general)
         if use_attention:
             read_features = 2 * read_size * read_size * channels
@@ -196,7 +196,7 @@ def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> DRAW:
         read_size=model_config.read_size,
         write_size=model_config.write_size,
         use_attention=model_config.use_attention,
-        matmul_dtype=model_config.matmul_dtype,
+        dtype=model_config.dtype,
         rngs=rngs,
     )
 

@@ -86,22 +86,29 @@ def score(
         detections, unpad_ground_truth(ground_truth), num_classes, iou_threshold
     )
     if check_convention:
-        _warn_if_transposed(detections, ground_truth, aps.mean(), num_classes, iou_threshold)
+        _warn_if_transposed(detections, ground_truth, aps, num_classes, iou_threshold)
     return {"mAP": float(aps.mean()), **{f"AP_{c}": float(ap) for c, ap in enumerate(aps)}}
 
 
-def _warn_if_transposed(detections, ground_truth, mean_ap, num_classes, iou_threshold) -> None:
+def _warn_if_transposed(detections, ground_truth, aps, num_classes, iou_threshold) -> None:
     """The mistake the box convention invites: (xmin, ymin, xmax, ymax). When the ground truth
-    matches far better with x and y swapped, the two sides disagree on it: a warning."""
+    matches far better with x and y swapped (over the classes it holds), the two sides disagree
+    on the convention: a warning."""
+    labels = np.asarray(ground_truth["labels"])
+    present = np.unique(labels[labels >= 0])
+    present = present[present < num_classes]
+    if not len(present):
+        return
     swapped = {**ground_truth, "boxes": np.asarray(ground_truth["boxes"])[..., [1, 0, 3, 2]]}
     transposed = voc07_average_precision(
         detections, unpad_ground_truth(swapped), num_classes, iou_threshold
-    ).mean()
-    if transposed > max(2 * mean_ap, mean_ap + 0.2):
+    )[present].mean()
+    given = aps[present].mean()
+    if transposed > max(2 * given, given + 0.2):
         log.warning(
             "mAP %.3g, but %.3g with the ground truth's x and y swapped: predictions and ground "
             "truth are in different box conventions (jvision's: ymin, xmin, ymax, xmax)",
-            mean_ap,
+            given,
             transposed,
         )
 
