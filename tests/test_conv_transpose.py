@@ -1,12 +1,25 @@
-"""The transposed convolution with a hand-written kernel gradient, against lax's autodiff."""
+"""The transposed convolution with a hand-written kernel gradient, against lax's autodiff.
+
+Both sides compute in float64 (`helpers.float64`), so that the bound follows from float64
+rounding and not from one CPU's float32 kernels. A value or gradient entry is a sum of at most
+n = 147 products (the kernel gradient of the first case sums B·H·W = 3·7·7, the input gradient of
+the second k·k·Cout = 7·7·3). Two orders of the same sum differ by at most 2·n·u·Σ|products|,
+u = 2⁻⁵³ ≈ 1.1e-16, and for these standard-normal inputs Σ|products| ≤ 4.4× the largest entry of
+the result: ≤ 1.5e-13 of max|result| in the worst case, ~1e-16 in practice. RTOL = 1e-12 of
+max|result|; a wrong tap, a transposed or flipped kernel or a missing stride changes entries by
+O(max|result|).
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import float64, model_to_float64
 
 from jvision.ops import conv_transpose as ct
+
+RTOL = 1e-12  # Of the reference's largest magnitude (see above).
 
 CASES = [  # (batch, size, cin, cout, kernel, stride, padding): the shapes the models use.
     (3, 7, 4, 5, 4, 2, "SAME"),  # PatchVAE's pyramid.
@@ -18,32 +31,41 @@ CASES = [  # (batch, size, cin, cout, kernel, stride, padding): the shapes the m
 ]
 
 
+def assert_close(got, expected):
+    assert got.dtype == expected.dtype == jnp.float64, (got.dtype, expected.dtype)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=RTOL * float(jnp.abs(expected).max()))
+
+
 @pytest.mark.parametrize("batch, size, cin, cout, kernel, stride, padding", CASES)
 def test_value_and_both_gradients_equal_lax_autodiff(
     batch, size, cin, cout, kernel, stride, padding
 ):
-    x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
-    w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
+    with float64():
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, cin), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout), jnp.float64)
 
-    def reference(x, w):
-        return jax.lax.conv_transpose(
-            x, w, (stride, stride), padding, dimension_numbers=ct.DIMENSIONS
-        )
+        def reference(x, w):
+            return jax.lax.conv_transpose(
+                x, w, (stride, stride), padding, dimension_numbers=ct.DIMENSIONS
+            )
 
-    y = ct.conv_transpose(x, w, (stride, stride), padding)
-    np.testing.assert_allclose(y, reference(x, w), rtol=1e-6)
-    g = jax.random.normal(jax.random.key(2), y.shape)
-    ours = jax.vjp(lambda x, w: ct.conv_transpose(x, w, (stride, stride), padding), x, w)[1](g)
-    theirs = jax.vjp(reference, x, w)[1](g)
-    for a, b in zip(ours, theirs, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        y = ct.conv_transpose(x, w, (stride, stride), padding)
+        assert_close(y, reference(x, w))
+        g = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
+        ours = jax.vjp(lambda x, w: ct.conv_transpose(x, w, (stride, stride), padding), x, w)[1](g)
+        theirs = jax.vjp(reference, x, w)[1](g)
+        for a, b in zip(ours, theirs, strict=True):
+            assert_close(a, b)
 
 
 def test_module_matches_flax_conv_transpose_and_its_parameters():
     flax_layer = nnx.ConvTranspose(4, 3, (4, 4), strides=2, padding="SAME", rngs=nnx.Rngs(0))
     ours = ct.ConvTranspose(4, 3, (4, 4), strides=2, padding="SAME", rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(3), (2, 5, 5, 4))
-    np.testing.assert_allclose(ours(x), flax_layer(x), rtol=1e-6)
     assert jax.tree.map(jnp.shape, nnx.state(ours)) == jax.tree.map(
         jnp.shape, nnx.state(flax_layer)
     )
+    with float64():
+        model_to_float64(flax_layer)
+        model_to_float64(ours)
+        x = jax.random.normal(jax.random.key(3), (2, 5, 5, 4), jnp.float64)
+        assert_close(ours(x), flax_layer(x))

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import float64, load_config, model_to_float64, to_float64
 
 from jvision import checkpoint_reader
 from jvision.data import triplets
@@ -178,14 +178,38 @@ def test_both_correlations_give_the_same_training_loss():
     source = _scenes()
     make = triplets.Triplets(source, _settings())
     examples = [make(i % 3, np.random.default_rng(i)) for i in range(4)]
-    batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     for key in ("search_positive", "search_negative", "exemplar"):
-        batch[key] = batch[key].astype(jnp.float32) / 255
+        batch[key] = batch[key].astype(np.float32) / 255
     key = jax.random.key(0)
-    direct, _ = encoding_detector.train_loss(_model(correlation="direct"), batch, key, 0)
-    fft, terms = encoding_detector.train_loss(_model(correlation="fft"), batch, key, 0)
-    np.testing.assert_allclose(fft, direct, rtol=1e-4)
-    assert set(terms) == {"loss", "bce_positive", "bce_negative", "vae_recon", "vae_kl"}
+    terms = {}
+    with float64():  # Model and batch in float64, so that the bound is float64's.
+        batch = to_float64(batch)
+        for method in ("direct", "fft"):
+            model = _model(correlation=method)
+            model_to_float64(model)
+            _, values = encoding_detector.train_loss(model, batch, key, 0)
+            terms[method] = {name: np.asarray(value) for name, value in values.items()}
+    direct, fft = terms["direct"], terms["fft"]
+    assert (
+        set(fft) == set(direct) == {"loss", "bce_positive", "bce_negative", "vae_recon", "vae_kl"}
+    )
+    # The correlation sums differ by the FFT's rounding, ≈ 3·log₂(16·16)·u·Σ_c‖x_c‖‖k_c‖ ≈ 2e-12
+    # for these 16×16 search and 5×5 exemplar maps of 8 channels (Σ_c‖x_c‖‖k_c‖ ≈ 640 here;
+    # u = 2⁻⁵³); the logits are 1/200 of the sums and each cross-entropy is 1-Lipschitz in its
+    # logit: the BCE means, ~0.7, differ by ≤ 1e-14. RTOL = 1e-12; a flipped exemplar changes
+    # them by ≥ 7e-3, a response map shifted by one cell the positive one by 7e-3.
+    for name in ("bce_positive", "bce_negative"):
+        assert fft[name].dtype == np.float64, (name, fft[name].dtype)
+        np.testing.assert_allclose(fft[name], direct[name], rtol=1e-12, err_msg=name)
+    # The VAE terms do not involve the correlation, and the library computes them in float32
+    # (`precision.float32` on the VAE's outputs): the same float32 operations on the same inputs
+    # in both models. Bound: a float32 mean of 4·23·23 = 2116 non-negative terms reordered,
+    # ≤ 2116·2⁻²⁴ ≈ 1.3e-4 relative (the KL sums fewer terms).
+    for name in ("vae_recon", "vae_kl"):
+        np.testing.assert_allclose(fft[name], direct[name], rtol=2116 * 2.0**-24, err_msg=name)
+    vae_bound = 2116 * 2.0**-24 * (direct["vae_recon"] + direct["vae_kl"])
+    np.testing.assert_allclose(fft["loss"], direct["loss"], rtol=1e-12, atol=vae_bound)
 
 
 def test_tiny_run_reports_map_and_draws_heat_maps(trained):

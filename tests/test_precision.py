@@ -15,6 +15,31 @@ def _rounded(x: jax.Array) -> np.ndarray:
     return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
 
 
+U32 = 2.0**-24  # float32's unit roundoff.
+
+
+def assert_float32_sum_of_exact_products(got, a, b, extra=None):
+    """`got` (float32) is a @ b, for bfloat16-valued a [M, K] and b [K, N], summed in float32.
+
+    This dot product is float32 by design (the library accumulates bfloat16 operands in float32),
+    so float64 is not available; the bound is float32's, derived: a product of two bfloat16
+    values (8-bit significands) has ≤ 16 significant bits, exact in float32 (24), so only the
+    K - 1 additions round, each by ≤ u₃₂ = 2⁻²⁴ relative, in whatever order or pairing the CPU's
+    kernel picks (FMA, AVX-512 BF16 pairs, AMX tiles): |got - a @ b| ≤ (K - 1)·u₃₂·(|a| @ |b|).
+    K·u₃₂ covers that and the float64 reference's own rounding (K·2⁻⁵³). `extra` is a float32
+    bias added after the product: one more rounding, ≤ u₃₂·|result|.
+
+    Dropping the cotangent's rounding, a transposed operand or float32 instead of bfloat16
+    operands moves entries by up to one bfloat16 ulp, 2⁻⁸·|a| @ |b|: here 10²–10⁴ times this
+    bound (K ≤ 6) in every entry."""
+    exact, scale = a @ b, np.abs(a) @ np.abs(b)
+    bound = a.shape[-1] * U32 * scale
+    if extra is not None:
+        exact, bound = exact + extra, bound + U32 * (scale + np.abs(extra))
+    difference = np.abs(np.asarray(got, np.float64) - exact)
+    assert (difference <= bound).all(), (difference.max(), difference / np.maximum(bound, 1e-300))
+
+
 @pytest.mark.parametrize("lhs_shape", [(6, 5), (2, 3, 5)])
 def test_bfloat16_dot_and_its_gradients_match_numpy(lhs_shape):
     keys = jax.random.split(jax.random.key(0), 3)
@@ -30,9 +55,9 @@ def test_bfloat16_dot_and_its_gradients_match_numpy(lhs_shape):
     # bfloat16 products are exact in float32, so only the summation order differs.
     a, b, g = _rounded(lhs), _rounded(rhs), _rounded(cotangent)
     assert out.dtype == d_lhs.dtype == d_rhs.dtype == jnp.float32
-    np.testing.assert_allclose(out, a @ b, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(d_lhs, g @ b.T, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(d_rhs, a.reshape(-1, 5).T @ g.reshape(-1, 4), rtol=1e-6, atol=1e-6)
+    assert_float32_sum_of_exact_products(out.reshape(-1, 4), a.reshape(-1, 5), b)
+    assert_float32_sum_of_exact_products(d_lhs.reshape(-1, 5), g.reshape(-1, 4), b.T)
+    assert_float32_sum_of_exact_products(d_rhs, a.reshape(-1, 5).T, g.reshape(-1, 4))
     # Rounding is real: the float32 product differs.
     assert not np.allclose(
         out, np.asarray(lhs, np.float64) @ np.asarray(rhs, np.float64), atol=1e-5
@@ -55,11 +80,8 @@ def test_float32_is_plain_dot_general_and_linear_layers_accept_it():
     assert precision.dot_general("float32") is jax.lax.dot_general
     layer = nnx.Linear(5, 4, dot_general=precision.dot_general("bfloat16"), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (3, 5))
-    np.testing.assert_allclose(
-        layer(x),
-        _rounded(x) @ _rounded(layer.kernel[...]) + np.asarray(layer.bias[...]),
-        rtol=1e-5,
-        atol=1e-5,
+    assert_float32_sum_of_exact_products(
+        layer(x), _rounded(x), _rounded(layer.kernel[...]), extra=np.asarray(layer.bias[...])
     )
 
 
@@ -72,7 +94,7 @@ def test_gradients_come_back_in_the_primals_dtypes():
 
 
 def test_bad_dtype_and_unsupported_contractions_are_refused():
-    with pytest.raises(UserError, match="model.matmul_dtype 'float16'"):
+    with pytest.raises(UserError, match="model.dtype 'float16'"):
         precision.dot_general("float16")
     dot = precision.dot_general("bfloat16")
     with pytest.raises(NotImplementedError, match="dense layers only"):

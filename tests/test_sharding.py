@@ -71,7 +71,22 @@ def test_fsdp_trains_to_the_data_parallel_parameters_and_resumes_sharded(tmp_pat
     train.train_and_evaluate(sharded, str(tmp_path / "fsdp"))
     a, _ = checkpoint_reader.load_model(tmp_path / "data")
     b, _ = checkpoint_reader.load_model(tmp_path / "fsdp")
-    # Tolerance: the sharded step sums partial results in another order (float rounding).
+    # Tolerance. float64 is not an option here: the trainer builds float32 parameters and data.
+    # Both runs do the same float32 arithmetic except the order of reductions (partial sums over
+    # each device's 2 or 4 examples, then an all-reduce over 8 or 4 data shards). Over T = 4
+    # steps a value (parameters: |p| ≤ 1.2; BatchNorm statistics of activations |x| ≲ 3) differs
+    # - by ≤ 1 float32 ulp per step where the two updates round to neighbouring values:
+    #   ≤ 4·2⁻²³·1.2 ≈ 6e-7;
+    # - through the reordered sums of n ≤ 16·28·28 = 12,544 terms, whose roundings act as
+    #   independent (Higham & Mary 2019: ≤ λ·√n·2⁻²⁴·Σ|terms|, λ = 5 for every sum of the run):
+    #   ≤ 3.3e-5·Σ|terms|. A BatchNorm statistic takes it through 4 momentum updates of 1% (a
+    #   batch mean's Σ|terms| ≲ 3): ≲ 4e-6; a parameter through 4 steps of lr = 1e-4 (a kernel
+    #   gradient's Σ|terms| ≈ B·H·W·E|x|·E|∂L/∂y| ≲ 200): ≲ 3e-6.
+    # ATOL = 1e-5 covers their sum, ≲ 8e-6. (The worst case, n·2⁻²⁴ instead of λ·√n·2⁻²⁴, would
+    # be ~1e-4: this bound rests on the roundings of long sums not all having one sign.) A real
+    # fault is larger: every tensor (but the conv biases ahead of a BatchNorm, whose gradient is
+    # 0 in exact arithmetic) moves by ≥ 1.4e-4 in these 4 steps, so one of 8 shards' gradients
+    # lost or counted twice moves it by ≥ 1.7e-5, most tensors by ≥ 1e-4.
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from helpers import load_config
+from helpers import float64, load_config, model_to_float64
 
 from jvision.models import ssd
 from jvision.ops import boxes as box_ops
@@ -53,19 +53,27 @@ def test_stride_two_convs_are_centred_like_pytorch_padding_one():
 def test_fused_head_equals_separate_box_and_class_convs():
     head = ssd.Head(8, 3, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
-    kernel, bias = head.conv.kernel[...], head.conv.bias[...]
+    with float64():  # So that the bound follows from float64 rounding, not one CPU's float32.
+        model_to_float64(head)
+        x = jnp.asarray(x, jnp.float64)
+        kernel, bias = head.conv.kernel[...], head.conv.bias[...]
 
-    def conv(k, b):
-        dims = ("NHWC", "HWIO", "NHWC")
-        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dims) + b
+        def conv(k, b):
+            dims = ("NHWC", "HWIO", "NHWC")
+            return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dims) + b
 
-    offsets, logits = head(x)
-    np.testing.assert_allclose(
-        offsets, conv(kernel[..., :12], bias[:12]).reshape(2, -1, 4), rtol=1e-5, atol=1e-5
-    )
-    np.testing.assert_allclose(
-        logits, conv(kernel[..., 12:], bias[12:]).reshape(2, -1, 11), rtol=1e-5, atol=1e-5
-    )
+        fused = [np.asarray(v) for v in head(x)]
+        separate = [
+            np.asarray(conv(kernel[..., :12], bias[:12]).reshape(2, -1, 4)),
+            np.asarray(conv(kernel[..., 12:], bias[12:]).reshape(2, -1, 11)),
+        ]
+        kernel = np.asarray(kernel)
+    # Each output sums 3·3·8 = 72 products and a bias, Σ|terms| ≤ 5·max|output| here: two orders
+    # differ by ≤ 2·73·u·5·max ≈ 1e-13·max (u = 2⁻⁵³). A swapped or shifted channel block moves
+    # outputs by O(max).
+    for got, expected in zip(fused, separate, strict=True):
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
     # Each part is initialised with its own conv's Xavier bound: sqrt(6 / (fan_in + fan_out)).
     box_bound, class_bound = (np.sqrt(6 / (9 * 8 + 9 * n)) for n in (12, 33))
     assert box_bound * 0.8 < np.abs(kernel[..., :12]).max() <= box_bound
@@ -73,10 +81,16 @@ def test_fused_head_equals_separate_box_and_class_convs():
 
 
 def test_standardize_matches_torch_convention():
-    x = np.random.default_rng(1).random((2, 4, 4, 1)).astype(np.float32)
+    x = np.random.default_rng(1).random((2, 4, 4, 1))
     flat = x.reshape(2, -1)
     expected = (flat - flat.mean(1, keepdims=True)) / flat.std(1, ddof=1, keepdims=True) + 0.5
-    np.testing.assert_allclose(ssd.standardize(x).reshape(2, -1), expected, rtol=1e-5)
+    with float64():
+        got = np.asarray(ssd.standardize(jnp.asarray(x))).reshape(2, -1)
+    # In float64 on both sides: mean and std sum 16 terms (≤ 16·u relative, u = 2⁻⁵³), and
+    # |(x - mean)/std| ≤ 4: ≤ 1e-14 absolute on values of O(1). The biased std (ddof 0) would be
+    # off by 3% (√(16/15)).
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
 def numpy_multibox(offsets, logits, targets, classes):
@@ -94,38 +108,55 @@ def test_multibox_loss_matches_numpy():
     model = _model()
     batch = _batch()
     rng = np.random.default_rng(2)
-    offsets = rng.normal(size=(2, 2124, 4)).astype(np.float32)
-    logits = rng.normal(size=(2, 2124, 11)).astype(np.float32) * 2
-    terms = model.loss_terms(offsets, logits, batch["boxes"], batch["labels"])
-
-    priors = np.asarray(model.priors[...])
-    matched, classes = jax.vmap(lambda b, lab: box_ops.match(b, lab, priors, 0.5, ssd.BACKGROUND))(
-        batch["boxes"], batch["labels"]
-    )
-    targets = np.asarray(box_ops.encode(matched, priors[None]))
+    offsets = rng.normal(size=(2, 2124, 4))
+    logits = rng.normal(size=(2, 2124, 11)) * 2
+    boxes = batch["boxes"].astype(np.float64)
+    with float64():  # Priors too: `ssd_priors`' float32 values, exactly, as float64.
+        model_to_float64(model)
+        terms = model.loss_terms(offsets, logits, boxes, batch["labels"])
+        terms = {name: np.asarray(value) for name, value in terms.items()}
+        priors = np.asarray(model.priors[...])
+        matched, classes = jax.vmap(
+            lambda b, lab: box_ops.match(b, lab, priors, 0.5, ssd.BACKGROUND)
+        )(boxes, batch["labels"])
+        targets = np.asarray(box_ops.encode(matched, priors[None]))
+    assert terms["loss"].dtype == targets.dtype == priors.dtype == np.float64
     box_loss, class_loss, n_pos = numpy_multibox(offsets, logits, targets, np.asarray(classes))
     assert n_pos >= 4  # Two objects per image, each forced onto at least one prior.
     np.testing.assert_allclose(terms["num_positives"], n_pos)
-    np.testing.assert_allclose(terms["box_loss"], box_loss, rtol=1e-4)
-    np.testing.assert_allclose(terms["class_loss"], class_loss, rtol=1e-4)
-    np.testing.assert_allclose(terms["loss"], box_loss + class_loss, rtol=1e-4)
+    # Both losses sum ≤ 2·2124·4 non-negative terms (≤ 17k·u ≈ 2e-12 relative, u = 2⁻⁵³), each
+    # a log-sum-exp of logits ≤ 10 (a few u·10); `top_n_sum`'s 40 bisection steps leave the
+    # n-th largest loss within (max + 1)·2⁻⁴⁰ ≈ 1e-11 (absolute, of one term at most: the losses
+    # are distinct), against class losses of ~1. RTOL = 1e-10; a missed negative, a wrong
+    # count of hard negatives or a mis-weighted term moves a loss by ≥ 1e-3 of itself.
+    np.testing.assert_allclose(terms["box_loss"], box_loss, rtol=1e-10)
+    np.testing.assert_allclose(terms["class_loss"], class_loss, rtol=1e-10)
+    np.testing.assert_allclose(terms["loss"], box_loss + class_loss, rtol=1e-10)
 
 
 def test_hard_negative_mining_takes_one_negative_per_positive():
     model = _model()
     batch = _batch(1)
-    logits = np.zeros((1, 2124, 11), np.float32)
+    logits = np.zeros((1, 2124, 11))
     _, classes = box_ops.match(batch["boxes"][0], batch["labels"][0], model.priors[...], 0.5, 10)
     negatives = np.flatnonzero(np.asarray(classes) == ssd.BACKGROUND)
     n_pos = 2124 - len(negatives)
     # Make 3·n_pos negatives confidently wrong; only n_pos of them may count.
     logits[0, negatives[: 3 * n_pos], 0] = 20.0
-    terms = model.loss_terms(
-        np.zeros((1, 2124, 4), np.float32), logits, batch["boxes"], batch["labels"]
-    )
+    with float64():
+        model_to_float64(model)
+        class_loss = model.loss_terms(
+            np.zeros((1, 2124, 4)), logits, batch["boxes"].astype(np.float64), batch["labels"]
+        )["class_loss"]
+        class_loss = np.asarray(class_loss)
     ce_wrong = 20.0 + np.log(1 + 10 * np.exp(-20.0))
     expected = 0.25 * (n_pos * np.log(11) + n_pos * ce_wrong) / n_pos
-    np.testing.assert_allclose(terms["class_loss"], expected, rtol=1e-4)
+    # In float64: the 3·n_pos tied hardest losses leave `top_n_sum`'s threshold τ within
+    # (20 + 1)·2⁻⁴⁰ below them, and it counts 2·n_pos of them at τ: the class loss is off by
+    # ≤ 0.25·2·21·2⁻⁴⁰ ≈ 1e-11 of its ≈ 5.6, plus the sums' rounding (≤ 2124·u relative).
+    # RTOL = 1e-10; counting one extra hard negative would add 20/(4·n_pos) ≥ 0.1.
+    assert class_loss.dtype == np.float64
+    np.testing.assert_allclose(class_loss, expected, rtol=1e-10)
 
 
 def test_predict_returns_fixed_size_per_class_detections():
@@ -179,13 +210,20 @@ def test_detect_keeps_the_confident_boxes_of_each_class_after_nms():
 
 def test_top_n_sum_matches_sorting_and_its_gradient_selects_the_top():
     rng = np.random.default_rng(3)
-    values = rng.exponential(size=5000).astype(np.float32)
+    values = rng.exponential(size=5000)
     values[:100] = 0.0
+    # In float64: 40 bisection steps find τ within ε = (max + 1)·2⁻⁴⁰ ≈ 9e-12 below the n-th
+    # largest value, and values in (τ, n-th largest] beyond the n-th are counted at τ: an error
+    # ≤ ε per such value, at most one here (the positive values are distinct; for n = 0 it is
+    # the maximum). The sum of ≤ 5000 non-negative values rounds by ≤ 5000·u ≈ 6e-13 relative.
+    # A value too many or too few is off by ≥ 1e-4 (the smallest positive value).
+    atol = 2 * (values.max() + 1) * 2.0**-40
     for n in (0, 1, 37, 4900, 5000):
         expected = np.sort(values)[::-1][:n].sum()
-        np.testing.assert_allclose(
-            ssd.top_n_sum(jnp.asarray(values), n), expected, rtol=1e-5, atol=1e-5
-        )
+        with float64():
+            got = np.asarray(ssd.top_n_sum(jnp.asarray(values), n))
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=atol)
     grad = np.asarray(jax.grad(lambda v: ssd.top_n_sum(v, 37))(jnp.asarray(values)))
     top = np.argsort(-values)[:37]
     assert grad[top].min() == 1 and grad.sum() == 37

@@ -1,0 +1,113 @@
+"""Every convolution layer of the conv models, three ways, on the CPU: XLA's convolution, the same
+convolution as one matmul over patches (`jvision.ops.conv.conv_im2col`), and PyTorch's (oneDNN).
+
+    python benchmarks/conv_formulations.py [--threads=N] [--repeats=20]
+
+Each row is one layer shape (batch, input size, channels, kernel, stride, as the model runs it at
+its config's batch size) with the milliseconds of a forward and backward pass (input and kernel
+gradients) in each formulation, alternated in one process at the same thread count, and which
+of XLA's two is faster: where the conv models' step time goes, and where im2col pays.
+"""
+
+import argparse
+import os
+import time
+
+# (model, batch, size, cin, cout, kernel, stride); SAME padding (PyTorch: k // 2).
+LAYERS = [
+    ("vae enc", 64, 28, 1, 16, 3, 2),
+    ("vae enc", 64, 14, 16, 32, 3, 1),
+    ("vae enc", 64, 14, 32, 64, 3, 2),
+    ("vae dec (sub-pixel)", 64, 7, 64, 128, 3, 1),
+    ("vae dec (sub-pixel)", 64, 14, 32, 64, 3, 1),
+    ("vae dec (sub-pixel)", 64, 14, 16, 4, 3, 1),
+    ("ssd base", 20, 32, 1, 16, 3, 1),
+    ("ssd base", 20, 32, 16, 16, 3, 1),
+    ("ssd base", 20, 16, 16, 32, 3, 1),
+    ("ssd base", 20, 16, 32, 32, 3, 1),
+    ("ssd base", 20, 8, 32, 64, 3, 1),
+    ("ssd base", 20, 8, 64, 64, 3, 1),
+    ("ssd head", 20, 16, 32, 90, 3, 1),
+    ("ssd head", 20, 8, 64, 105, 3, 1),
+    ("resnet stem", 64, 28, 1, 64, 7, 2),
+    ("resnet layer1", 64, 7, 64, 64, 3, 1),
+    ("patchvae heads", 64, 7, 64, 32, 3, 1),
+    ("encoding det", 96, 46, 1, 16, 3, 2),
+    ("encoding det", 96, 22, 16, 32, 3, 1),
+    ("encoding det", 96, 20, 32, 64, 3, 1),
+    ("encoding det", 96, 18, 64, 128, 3, 1),
+]
+
+
+def median_ms(function, repeats: int) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def layer_times(batch, size, cin, cout, kernel, stride, repeats) -> tuple[float, float, float]:
+    """Forward + backward milliseconds of XLA's convolution, im2col, and PyTorch's."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from jvision.ops import conv
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, cin, cout)) * 0.1, jnp.float32)
+
+    def xla(x, w):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, w, (stride,) * 2, "SAME", dimension_numbers=dims)
+
+    def step(fn):
+        g = jnp.ones_like(fn(x, w))
+        run = jax.jit(jax.grad(lambda x, w: jnp.vdot(fn(x, w), g), argnums=(0, 1)))
+        return lambda: jax.block_until_ready(run(x, w))
+
+    im2col = step(lambda x, w: conv.conv_im2col(x, w, (stride,) * 2, "SAME"))
+    ours = step(xla)
+    tx = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    tw = torch.tensor(np.asarray(w).transpose(3, 2, 0, 1).copy(), requires_grad=True)
+
+    def pytorch():
+        y = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=kernel // 2)
+        torch.autograd.grad(y.sum(), (tx, tw))
+
+    times = {"xla": [], "im2col": [], "torch": []}
+    for _ in range(3):  # Alternated rounds: drift hits the three alike.
+        times["xla"].append(median_ms(ours, repeats))
+        times["im2col"].append(median_ms(im2col, repeats))
+        times["torch"].append(median_ms(pytorch, repeats))
+    return tuple(sorted(times[k])[1] for k in ("xla", "im2col", "torch"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    os.environ["PJRT_NPROC"] = str(args.threads)  # XLA:CPU's thread pool (see compare.py).
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"{args.threads} threads; ms per forward + backward (median of 3 alternated rounds)")
+    print("| layer | B, H, Cin→Cout, k, stride | XLA conv | im2col | PyTorch | faster in XLA |")
+    print("|---|---|---|---|---|---|")
+    for name, batch, size, cin, cout, kernel, stride in LAYERS:
+        xla, im2col, pytorch = layer_times(batch, size, cin, cout, kernel, stride, args.repeats)
+        best = "im2col" if im2col < xla else "conv"
+        print(
+            f"| {name} | {batch}, {size}, {cin}→{cout}, {kernel}, {stride} | {xla:.2f} | "
+            f"{im2col:.2f} | {pytorch:.2f} | {best} ({max(xla, im2col) / min(xla, im2col):.2f}×) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
