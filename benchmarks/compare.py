@@ -76,6 +76,15 @@ _THREADS = flags.DEFINE_integer(
     "threads", 0, "Threads for both frameworks (0: every CPU this process may run on)."
 )
 _NO_COMPILE = flags.DEFINE_boolean("no_compile", False, "Skip torch.compile.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Compute dtype of every row: jvision's model.dtype; PyTorch autocasts to it.",
+)
+_PLACEMENT = flags.DEFINE_enum(
+    "placement", "auto", ["auto", "host", "device"], "jvision's data.placement for every row."
+)
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Also write the table and footnotes here.")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 100, "Timed input batches.")
 _MATMUL_SIZE = flags.DEFINE_integer(
@@ -97,6 +106,8 @@ def parse_args() -> timing.Args:
         steps=_STEPS.value,
         warmup=_WARMUP.value,
         no_compile=_NO_COMPILE.value,
+        dtype=_DTYPE.value,
+        placement=_PLACEMENT.value,
         pipeline_batches=_PIPELINE_BATCHES.value,
         ssd_steps_to_target=_SSD_STEPS.value,
         ssd_steps_source=(

@@ -22,6 +22,7 @@ class CompiledStep:
     host_batch: dict  # The same batch as NumPy arrays.
     data: Any  # The training iterator, after that batch.
     arrays: Any  # The data's device arrays ({} when the data are on the host).
+    placement: str  # Where the data are: "host" or "device".
 
     def run(self, first: int, count: int) -> None:
         """Takes steps `first` .. `first + count - 1` on the one batch and waits for them."""
@@ -45,5 +46,13 @@ def compile_step(config) -> CompiledStep:
     compiled = step_fn.lower(state, metrics, data.arrays, batch, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
     return CompiledStep(
-        compiled, compile_s, state, metrics, batch, host_batch, data.batches, data.arrays
+        compiled,
+        compile_s,
+        state,
+        metrics,
+        batch,
+        host_batch,
+        data.batches,
+        data.arrays,
+        data.placement,
     )

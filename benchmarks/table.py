@@ -7,7 +7,8 @@ from benchmarks.extras import EXTRAS
 FRAMEWORKS = ("jvision", "eager", "compiled")
 
 HEADER = (
-    "| config | batch | jvision ms/step | PyTorch eager ms/step | torch.compile ms/step "
+    "| config | batch | dtype, data | jvision ms/step | PyTorch eager ms/step "
+    "| torch.compile ms/step "
     "| jvision speed-up vs eager (eager ms / jvision ms) "
     "| jvision speed-up vs compiled (compiled ms / jvision ms) "
     "| jvision compile s | torch.compile s | GFLOP/step "
@@ -55,13 +56,14 @@ def table(results: list[dict], peak_gflops: float) -> list[str]:
     lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
     for r in results:
         if "error" in r:
-            cells = [f"`{r['config']}`", "—", f"failed: {r['error']}"] + ["—"] * 10
+            cells = [f"`{r['config']}`", "—", "—", f"failed: {r['error']}"] + ["—"] * 10
             lines.append("| " + " | ".join(cells) + " |")
             continue
         memory = r.get("jvision_memory") or {}
         cells = [
             f"`{r['config']}`",
             str(r["batch"]),
+            f"{r['dtype']}, {r['placement']}",
             _ms(r, "jvision"),
             _ms(r, "eager"),
             _ms(r, "compiled"),

@@ -51,6 +51,8 @@ class Args:
     steps: int
     warmup: int
     no_compile: bool
+    dtype: str  # jvision's model.dtype; the twin autocasts to it.
+    placement: str  # jvision's data.placement.
     pipeline_batches: int
     ssd_steps_to_target: int  # For extras.py.
     ssd_steps_source: str
@@ -88,18 +90,35 @@ class Twin:
     run: Callable[[int, int], None]  # (first step, count); ends on a completed step.
 
 
-def make_twin(model: Any, config: Any, batch: dict, device: torch.device, compiled: bool) -> Twin:
+def make_twin(
+    model: Any, config: Any, batch: dict, device: torch.device, compiled: bool, dtype: str
+) -> Twin:
     """The twin `model` on `device` with its optimizer, stepping on `batch`, eagerly or with
     torch.compile on its loss (forward, and through AOTAutograd its backward) and its optimizer
-    step: the recommended split, as `loss.backward()` is a graph break."""
+    step: the recommended split, as `loss.backward()` is a graph break. In bfloat16 its loss runs
+    under `torch.autocast` (convolutions and matmuls in bfloat16, parameters float32), the
+    counterpart of jvision's `model.dtype`."""
+    import contextlib
+
     import torch
 
     from benchmarks import torch_models as tm
 
     model.to(device)
     optimizer = tm.make_optimizer(model, config)
+
+    def autocast():
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
     if compiled:
-        loss_fn = torch.compile(lambda b, step: model.loss(b, None, step)[0])
+        compiled_loss = torch.compile(lambda b, step: model.loss(b, None, step)[0])
+
+        def loss_fn(b, step):
+            with autocast():
+                return compiled_loss(b, step)
+
         optimizer_step = torch.compile(optimizer.step)
 
         def train_step(step):
@@ -109,7 +128,10 @@ def make_twin(model: Any, config: Any, batch: dict, device: torch.device, compil
             optimizer_step()
             return loss.detach()
     else:
-        train_step = functools.partial(tm.train_step, model, optimizer, batch, None)
+
+        def train_step(step):
+            with autocast():
+                return tm.train_step(model, optimizer, batch, None, step)
 
     def run(first, count):
         for step in range(first, first + count):
@@ -197,9 +219,11 @@ def compare_config(spec: str, device: torch.device, args: Args) -> dict:
 
     label = config_label(spec)
     config = load_config(spec)
+    config.model.dtype, config.data.placement = args.dtype, args.placement
     result = {"config": label, "model": config.model.name, "batch": config.batch_size}
 
     jvision_step = compile_step(config)
+    result["dtype"], result["placement"] = args.dtype, jvision_step.placement
     result["jvision_compile_s"] = jvision_step.compile_s
     result["flops"] = cost_flops(jvision_step.compiled)
     result["jvision_memory"] = xla_memory_bytes(jvision_step.compiled)
@@ -209,11 +233,11 @@ def compare_config(spec: str, device: torch.device, args: Args) -> dict:
     tm.load_jvision_weights(model, nnx.to_pure_dict(jvision_step.state["model"]))
     compiled_model = None if args.no_compile else copy.deepcopy(model)  # Each its own weights.
     batch = {k: v.to(device) for k, v in tm.to_torch_batch(jvision_step.host_batch).items()}
-    twins = {"eager": make_twin(model, config, batch, device, compiled=False)}
+    twins = {"eager": make_twin(model, config, batch, device, False, args.dtype)}
     if compiled_model is None:
         result["torch_compile_error"] = "skipped (--no_compile)"
     else:
-        twins["compiled"] = make_twin(compiled_model, config, batch, device, compiled=True)
+        twins["compiled"] = make_twin(compiled_model, config, batch, device, True, args.dtype)
     runners = {"jvision": jvision_step.run} | {name: twin.run for name, twin in twins.items()}
 
     first_step = warm_up(runners, args.warmup, result)

@@ -18,6 +18,7 @@ from helpers import ROOT  # noqa: E402
 COLUMNS = (
     "config",
     "batch",
+    "dtype, data",
     "jvision ms/step",
     "PyTorch eager ms/step",
     "torch.compile ms/step",
@@ -61,10 +62,10 @@ def test_compare_tiny_vae(tmp_path):
     assert len(rows) == 1, done.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == len(COLUMNS)
-    assert cells[1] == "16"
-    assert float(cells[2].split()[0]) > 0 and float(cells[3].split()[0]) > 0
-    assert cells[4] == "skipped"
-    assert cells[5].endswith("×")
+    assert cells[1] == "16" and cells[2] == "float32, host"  # CPU: "auto" keeps the host.
+    assert float(cells[3].split()[0]) > 0 and float(cells[4].split()[0]) > 0
+    assert cells[5] == "skipped"
+    assert cells[6].endswith("×")
     assert any(line.startswith("# CPU ") for line in lines)  # The machine line.
 
     result = json.loads(next(line for line in lines if line.startswith('{"machine"')))
@@ -72,6 +73,7 @@ def test_compare_tiny_vae(tmp_path):
     assert result["machine"]["jax_devices"] == ["cpu:0"]
     (row,) = result["results"]
     assert row["config"] == "vae_mnist:tiny" and row["batch"] == 16
+    assert (row["dtype"], row["placement"]) == ("float32", "host")
     assert row["jvision_ms"] > 0 and row["eager_ms"] > 0 and row["flops"] > 0
     assert row["jvision_memory"]["peak"] > 0 and row["eager_memory_bytes"] > 0
     assert row["pipeline_batches_per_s"] > 0
