@@ -134,7 +134,7 @@ def test_the_dtype_policy_computes_every_family_in_bfloat16_with_float32_state(n
             layer.dtype == (None if dtype == "float32" else jnp.bfloat16) for layer in layers
         )
         loss_fn = lambda m: family.train_loss(m, batch, jax.random.key(0), 0)[0]  # noqa: E731
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(model)
         assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
         leaves = jax.tree.leaves(grads)
         assert all(g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all() for g in leaves)

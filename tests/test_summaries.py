@@ -31,10 +31,23 @@ def test_image_grid_layout():
     assert picture[0, 0, 0, 0] == 128  # Gray separators.
 
 
-def test_as_rows_pads_the_last_row():
-    rows = np.asarray(summaries.as_rows(np.ones((5, 2, 2, 1), np.float32), 3))
-    assert rows.shape == (2, 3, 2, 2, 1)
-    assert rows[1, 2].sum() == 0 and rows[1, 1].sum() == 4
+def test_as_rows_makes_whole_rows_without_padding_tiles():
+    images = np.arange(12, dtype=np.float32).reshape(6, 2, 1, 1) * np.ones((6, 2, 2, 1))
+    rows = np.asarray(summaries.as_rows(images, 4))
+    assert rows.shape == (2, 3, 2, 2, 1)  # 3, the largest divisor of 6 up to 4.
+    np.testing.assert_array_equal(rows.reshape(images.shape), images)  # In order.
+    assert summaries.as_rows(images[:5], 4).shape == (5, 1, 2, 2, 1)  # 5 is prime: one column.
+
+
+def test_column_labels_name_the_columns_in_a_first_row():
+    grid = np.zeros((2, 4, 12, 16, 1), np.float32)
+    labelled = np.asarray(summaries.with_column_labels(grid, ["in", "out"]))
+    assert labelled.shape == (3, 4, 12, 16, 1)
+    np.testing.assert_array_equal(labelled[1:], grid)
+    first = labelled[0]
+    assert all(tile.any() for tile in first) and 0 <= first.min() and first.max() <= 1
+    np.testing.assert_array_equal(first[0], first[2])  # "in", "in"
+    assert not np.array_equal(first[0], first[1])  # "in" is not "out".
 
 
 def test_draw_text_stamps_glyphs_one_pixel_apart_and_clips():

@@ -16,7 +16,6 @@ input).
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 
 def _pads(size: int, kernel: int, stride: int, padding) -> tuple[int, int]:

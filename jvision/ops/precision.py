@@ -53,10 +53,14 @@ def apply_policy(model, dtype: str):
 
 
 def float32(tree):
-    """Every floating array of `tree` as float32: a model's outputs before its loss."""
-    return jax.tree.map(
-        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
+    """Every floating array of `tree` narrower than float32 (bfloat16) as float32, the rest as
+    it is: a model's outputs before its loss (float64, in tests, stays float64)."""
+
+    def widen(x):
+        floating = jnp.issubdtype(x.dtype, jnp.floating)
+        return x.astype(jnp.float32) if floating and jnp.finfo(x.dtype).bits < 32 else x
+
+    return jax.tree.map(widen, tree)
 
 
 def _dense_dims(lhs, rhs, dimension_numbers) -> bool:
