@@ -162,4 +162,14 @@ def run(work) -> None:
         failure = storage_failure(error)
         if failure is None:
             raise
-        fail(f"{failure}; fix the storage and rerun the same command (nothing complete is lost)")
+        print(
+            f"jvision: error: {failure}; fix the storage and rerun the same command "
+            "(nothing complete is lost)",
+            file=sys.stderr,
+        )
+        # The run closed its files and released its lock; what is left are a checkpointer's
+        # background threads, which on the way out would print tracebacks of their own
+        # ("cannot schedule new futures after interpreter shutdown"): leave without them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

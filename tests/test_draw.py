@@ -144,8 +144,8 @@ def _scanned_loss(model, images, noise):
 
 def _losses_and_gradients(model, images, noise):
     """Loss and gradients of the scan and of the loop, as NumPy (each in its own dtype)."""
-    scanned_loss, scanned = nnx.value_and_grad(_scanned_loss)(model, images, noise)
-    looped_loss, looped = nnx.value_and_grad(_looped_loss)(model, images, noise)
+    scanned_loss, scanned = nnx.jit(nnx.value_and_grad(_scanned_loss))(model, images, noise)
+    looped_loss, looped = nnx.jit(nnx.value_and_grad(_looped_loss))(model, images, noise)
 
     def as_numpy(grads):
         return {path: np.asarray(g[...]) for path, g in nnx.to_flat_state(grads)}
