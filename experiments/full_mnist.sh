@@ -12,11 +12,13 @@
 #   experiments/full_mnist.sh draw ROOT        DRAW with attention (300k steps; stop any time)
 #   experiments/full_mnist.sh draw_plain ROOT  DRAW without attention
 #
-# PYTHON overrides the interpreter; SEEDS (default 0,1,2) the transfer seeds.
+# PYTHON overrides the interpreter; SEEDS (default 0,1,2) the transfer seeds; PRETRAIN_STEPS
+# (default 4000, ~4 min each on a 2-core CPU) the PatchVAE / VAE pretraining length.
 set -euo pipefail
 
 python=${PYTHON:-python}
 seeds=${SEEDS:-0,1,2}
+pretrain_steps=${PRETRAIN_STEPS:-4000}
 main() { "$python" -m jvision.main "$@"; }
 sweep() { "$python" -m jvision.sweep "$@"; }
 root=${2:?usage: experiments/full_mnist.sh detectors|vae|transfer|draw|draw_plain ROOT}
@@ -25,8 +27,9 @@ pretrain() {  # pretrain NAME OVERRIDES...: PatchVAE-config pretraining over the
   local name=$1
   shift
   sweep --config=configs/patchvae_mnist.py --workdir="$root/pretrain_$name" --seeds="$seeds" \
-    --config.data.name=full_mnist --config.total_steps=10000 --config.eval_every_steps=5000 \
-    --config.ckpt_every_steps=5000 "$@"
+    --config.data.name=full_mnist --config.total_steps="$pretrain_steps" \
+    --config.eval_every_steps="$pretrain_steps" --config.ckpt_every_steps=2000 \
+    --config.evals.nll.split="test[:1000]" "$@"
 }
 
 transfer() {  # transfer NAME [PRETRAINED]: the frozen-encoder classifier over the seeds
