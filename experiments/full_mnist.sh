@@ -3,9 +3,9 @@
 # same line after an interruption and every run continues where it stopped; finished runs are
 # only re-evaluated. Prepare the data first: python -m jvision.data.prepare --dataset=full_mnist
 #
-#   experiments/full_mnist.sh detectors ROOT   SSD (digit-sized priors, then the tutorial's
-#                                              100-epoch config) and the encoding detector, on
-#                                              scenes made from full MNIST
+#   experiments/full_mnist.sh detectors ROOT   SSD with digit-sized priors, the encoding
+#                                              detector, then SSD as the tutorial (10 epochs,
+#                                              then its 100), on scenes made from full MNIST
 #   experiments/full_mnist.sh vae ROOT         the conv VAE, NELBO and importance-sampled NLL
 #   experiments/full_mnist.sh transfer ROOT    PatchVAE vs VAE vs random encoder, 3 seeds, and
 #                                              a β_occ sweep (1, 3) of PatchVAE, seed 0
@@ -44,6 +44,8 @@ case $1 in
     main --config=configs/ssd_mnist_priors.py --workdir="$root/ssd_priors" \
       --config.data.name=mnist_detection_full
     main --config=configs/encoding_detector_mnist.py --workdir="$root/encoding_detector" \
+      --config.data.name=mnist_detection_full
+    main --config=configs/ssd_mnist_short.py --workdir="$root/ssd_short" \
       --config.data.name=mnist_detection_full
     main --config=configs/ssd_mnist.py --workdir="$root/ssd" --config.data.name=mnist_detection_full
     ;;
