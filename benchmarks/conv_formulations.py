@@ -1,5 +1,5 @@
 """Every convolution layer of the conv models, three ways, on the CPU: XLA's convolution, the same
-convolution as one matmul over patches (`jvision.ops.conv.conv_im2col`), and PyTorch's (oneDNN).
+convolution as one matmul over patches (`benchmarks/im2col.py`), and PyTorch's (oneDNN).
 
     python benchmarks/conv_formulations.py [--threads=N] [--repeats=20]
 
@@ -56,7 +56,7 @@ def layer_times(batch, size, cin, cout, kernel, stride, repeats) -> tuple[float,
     import numpy as np
     import torch
 
-    from jvision.ops import conv
+    import im2col
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
@@ -71,7 +71,7 @@ def layer_times(batch, size, cin, cout, kernel, stride, repeats) -> tuple[float,
         run = jax.jit(jax.grad(lambda x, w: jnp.vdot(fn(x, w), g), argnums=(0, 1)))
         return lambda: jax.block_until_ready(run(x, w))
 
-    im2col = step(lambda x, w: conv.conv_im2col(x, w, (stride,) * 2, "SAME"))
+    matmul = step(lambda x, w: im2col.conv_im2col(x, w, (stride,) * 2, "SAME"))
     ours = step(xla)
     tx = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
     tw = torch.tensor(np.asarray(w).transpose(3, 2, 0, 1).copy(), requires_grad=True)
@@ -83,7 +83,7 @@ def layer_times(batch, size, cin, cout, kernel, stride, repeats) -> tuple[float,
     times = {"xla": [], "im2col": [], "torch": []}
     for _ in range(3):  # Alternated rounds: drift hits the three alike.
         times["xla"].append(median_ms(ours, repeats))
-        times["im2col"].append(median_ms(im2col, repeats))
+        times["im2col"].append(median_ms(matmul, repeats))
         times["torch"].append(median_ms(pytorch, repeats))
     return tuple(sorted(times[k])[1] for k in ("xla", "im2col", "torch"))
 

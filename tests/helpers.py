@@ -130,13 +130,18 @@ def perturb(model, seed: int = 1) -> None:
     nnx.update(model, state)
 
 
-def twins():
-    """`benchmarks.torch_models`, importable from the tests."""
+def benchmark(name: str):
+    """The module `benchmarks.<name>`, importable from the tests."""
+    import importlib
+
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    from benchmarks import torch_models
+    return importlib.import_module(f"benchmarks.{name}")
 
-    return torch_models
+
+def twins():
+    """`benchmarks.torch_models`: the PyTorch twins."""
+    return benchmark("torch_models")
 
 
 def jax_loss_and_grads(family, model):

@@ -5,7 +5,8 @@ Encoder and decoder are LSTM cells whose four gates (i, f, g, o) come from one d
 loop is a Python loop. Images are [B, C, H, W]; a read glimpse is [B, 2C, N, N] and flattens in
 (channel, row, column) order where jvision's [B, N, N, 2C] flattens (row, column, channel): the
 weight converter permutes the encoder's input rows and the write head's outputs accordingly.
-Only float32 matmuls (`model.dtype='float32'`).
+Built in float32 whatever `model.dtype` says: `benchmarks/compare.py --dtype=bfloat16` runs it under
+torch.autocast, as every twin.
 """
 
 import numpy as np
@@ -147,9 +148,7 @@ class DRAW(nn.Module):
 
 
 def build(config) -> DRAW:
-    m = config.model
-    if m.get("dtype", "float32") != "float32":
-        raise NotImplementedError(f"the DRAW twin computes in float32, not {m.dtype}")
+    m = config.model  # model.dtype is the caller's: float32 weights, torch.autocast for bf16.
     return DRAW(
         m.image_shape,
         m.num_glimpses,

@@ -1,5 +1,5 @@
-"""Convolutions written as one matmul over patches ("im2col"), for the layer shapes where XLA:CPU's
-own convolution is slower than its matmul.
+"""A convolution written as one matmul over patches ("im2col"), the formulation
+`conv_formulations.py` times against XLA:CPU's own convolution and PyTorch's.
 
 A 2-D convolution of `x` [B, H, W, Cin] with a kernel [kh, kw, Cin, Cout] is, for every output
 pixel, the dot product of the kh·kw·Cin input values under the kernel with the kernel: gathering
@@ -7,11 +7,12 @@ those values as kh·kw strided slices of the padded input, concatenated along th
 ([B, H', W', kh·kw·Cin]), makes the whole layer one matmul with the kernel reshaped to
 [kh·kw·Cin, Cout]. Its gradients are autodiff's: the input gradient a matmul and the slices'
 transposes (pads and adds), the kernel gradient one matmul of the patches with the output
-gradient, both on XLA's fast matmul path. The cost is the patches' memory (kh·kw times the
-input).
+gradient. The cost is the patches' memory (kh·kw times the input).
 
-`Conv` is `nnx.Conv` (same parameters, same checkpoints) computing this way when
-`IM2COL_ON_CPU` and the backend is the CPU; elsewhere XLA's convolution.
+Not used by the models: measured per layer (docs/speed.md), it wins by 1.0-1.55x only on the
+cheap layers (one input channel, or stride 2) and ties or loses on the 3x3 stride-1 layers with
+16-128 channels where XLA:CPU trails oneDNN by 2-3x; tested equal to `lax.conv_general_dilated`
+(tests/test_im2col.py).
 """
 
 import jax
