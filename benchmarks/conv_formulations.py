@@ -13,29 +13,35 @@ import argparse
 import os
 import time
 
-# (model, batch, size, cin, cout, kernel, stride); SAME padding (PyTorch: k // 2).
+# (model, batch, size, cin, cout, kernel, stride, padding): the layers as the models run them
+# (SAME: PyTorch's k // 2; VALID: none).
 LAYERS = [
-    ("vae enc", 64, 28, 1, 16, 3, 2),
-    ("vae enc", 64, 14, 16, 32, 3, 1),
-    ("vae enc", 64, 14, 32, 64, 3, 2),
-    ("vae dec (sub-pixel)", 64, 7, 64, 128, 3, 1),
-    ("vae dec (sub-pixel)", 64, 14, 32, 64, 3, 1),
-    ("vae dec (sub-pixel)", 64, 14, 16, 4, 3, 1),
-    ("ssd base", 20, 32, 1, 16, 3, 1),
-    ("ssd base", 20, 32, 16, 16, 3, 1),
-    ("ssd base", 20, 16, 16, 32, 3, 1),
-    ("ssd base", 20, 16, 32, 32, 3, 1),
-    ("ssd base", 20, 8, 32, 64, 3, 1),
-    ("ssd base", 20, 8, 64, 64, 3, 1),
-    ("ssd head", 20, 16, 32, 90, 3, 1),
-    ("ssd head", 20, 8, 64, 105, 3, 1),
-    ("resnet stem", 64, 28, 1, 64, 7, 2),
-    ("resnet layer1", 64, 7, 64, 64, 3, 1),
-    ("patchvae heads", 64, 7, 64, 32, 3, 1),
-    ("encoding det", 96, 46, 1, 16, 3, 2),
-    ("encoding det", 96, 22, 16, 32, 3, 1),
-    ("encoding det", 96, 20, 32, 64, 3, 1),
-    ("encoding det", 96, 18, 64, 128, 3, 1),
+    ("vae enc", 64, 28, 1, 16, 3, 2, "SAME"),
+    ("vae enc", 64, 14, 16, 32, 3, 1, "SAME"),
+    ("vae enc", 64, 14, 32, 64, 3, 2, "SAME"),
+    ("vae dec (sub-pixel)", 64, 7, 64, 128, 3, 1, "SAME"),
+    ("vae dec (sub-pixel)", 64, 14, 32, 16, 3, 1, "SAME"),
+    ("vae dec (sub-pixel)", 64, 14, 16, 4, 3, 1, "SAME"),
+    ("ssd base", 20, 32, 1, 16, 3, 1, "SAME"),
+    ("ssd base", 20, 32, 16, 16, 3, 1, "SAME"),
+    ("ssd base", 20, 16, 16, 32, 3, 1, "SAME"),
+    ("ssd base", 20, 16, 32, 32, 3, 1, "SAME"),
+    ("ssd base", 20, 8, 32, 64, 3, 1, "SAME"),
+    ("ssd base", 20, 8, 64, 64, 3, 1, "SAME"),
+    ("ssd head", 20, 16, 32, 90, 3, 1, "SAME"),
+    ("ssd head", 20, 8, 64, 105, 3, 1, "SAME"),
+    ("resnet stem", 64, 28, 1, 64, 7, 2, "SAME"),
+    ("resnet layer1", 64, 7, 64, 64, 3, 1, "SAME"),
+    ("patchvae heads", 64, 7, 64, 32, 3, 1, "SAME"),
+    # The encoding detector's encoder: 64 search windows of 46 px, 32 exemplars of 23 px.
+    ("encoding det, search", 64, 46, 1, 16, 3, 2, "VALID"),
+    ("encoding det, search", 64, 22, 16, 32, 3, 1, "VALID"),
+    ("encoding det, search", 64, 20, 32, 64, 3, 1, "VALID"),
+    ("encoding det, search", 64, 18, 64, 128, 3, 1, "VALID"),
+    ("encoding det, exemplar", 32, 23, 1, 16, 3, 2, "VALID"),
+    ("encoding det, exemplar", 32, 11, 16, 32, 3, 1, "VALID"),
+    ("encoding det, exemplar", 32, 9, 32, 64, 3, 1, "VALID"),
+    ("encoding det, exemplar", 32, 7, 64, 128, 3, 1, "VALID"),
 ]
 
 
@@ -49,14 +55,15 @@ def median_ms(function, repeats: int) -> float:
     return sorted(times)[len(times) // 2] * 1e3
 
 
-def layer_times(batch, size, cin, cout, kernel, stride, repeats) -> tuple[float, float, float]:
+def layer_times(
+    batch, size, cin, cout, kernel, stride, padding, repeats
+) -> tuple[float, float, float]:
     """Forward + backward milliseconds of XLA's convolution, im2col, and PyTorch's."""
+    import im2col
     import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
-
-    import im2col
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
@@ -64,20 +71,22 @@ def layer_times(batch, size, cin, cout, kernel, stride, repeats) -> tuple[float,
 
     def xla(x, w):
         dims = ("NHWC", "HWIO", "NHWC")
-        return jax.lax.conv_general_dilated(x, w, (stride,) * 2, "SAME", dimension_numbers=dims)
+        return jax.lax.conv_general_dilated(x, w, (stride,) * 2, padding, dimension_numbers=dims)
 
     def step(fn):
         g = jnp.ones_like(fn(x, w))
         run = jax.jit(jax.grad(lambda x, w: jnp.vdot(fn(x, w), g), argnums=(0, 1)))
         return lambda: jax.block_until_ready(run(x, w))
 
-    matmul = step(lambda x, w: im2col.conv_im2col(x, w, (stride,) * 2, "SAME"))
+    matmul = step(lambda x, w: im2col.conv_im2col(x, w, (stride,) * 2, padding))
     ours = step(xla)
     tx = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
     tw = torch.tensor(np.asarray(w).transpose(3, 2, 0, 1).copy(), requires_grad=True)
 
     def pytorch():
-        y = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=kernel // 2)
+        y = torch.nn.functional.conv2d(
+            tx, tw, stride=stride, padding=kernel // 2 if padding == "SAME" else 0
+        )
         torch.autograd.grad(y.sum(), (tx, tw))
 
     times = {"xla": [], "im2col": [], "torch": []}
@@ -98,14 +107,16 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"{args.threads} threads; ms per forward + backward (median of 3 alternated rounds)")
-    print("| layer | B, H, Cin→Cout, k, stride | XLA conv | im2col | PyTorch | faster in XLA |")
+    print("| layer | B, H, Cin→Cout, k, stride, padding | XLA conv | im2col | PyTorch | faster |")
     print("|---|---|---|---|---|---|")
-    for name, batch, size, cin, cout, kernel, stride in LAYERS:
-        xla, im2col, pytorch = layer_times(batch, size, cin, cout, kernel, stride, args.repeats)
+    for name, batch, size, cin, cout, kernel, stride, padding in LAYERS:
+        shape = (batch, size, cin, cout, kernel, stride, padding)
+        xla, im2col, pytorch = layer_times(*shape, args.repeats)
         best = "im2col" if im2col < xla else "conv"
+        ratio = max(xla, im2col) / min(xla, im2col)
         print(
-            f"| {name} | {batch}, {size}, {cin}→{cout}, {kernel}, {stride} | {xla:.2f} | "
-            f"{im2col:.2f} | {pytorch:.2f} | {best} ({max(xla, im2col) / min(xla, im2col):.2f}×) |"
+            f"| {name} | {batch}, {size}, {cin}→{cout}, {kernel}, {stride}, {padding} | "
+            f"{xla:.2f} | {im2col:.2f} | {pytorch:.2f} | {best} ({ratio:.2f}×) |"
         )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jvision import models, sharding, train
 from jvision.data import pipeline
@@ -19,7 +20,7 @@ class CompiledStep:
     state: Any
     metrics: Any
     batch: Any  # The first batch, on the mesh.
-    host_batch: dict  # The same batch as NumPy arrays.
+    host_batch: dict  # The batch the step trains on, as NumPy arrays (what the twins take).
     data: Any  # The training iterator, after that batch.
     arrays: Any  # The data's device arrays ({} when the data are on the host).
     placement: str  # Where the data are: "host" or "device".
@@ -37,8 +38,12 @@ def compile_step(config) -> CompiledStep:
     family = models.get(config.model.name)
     mesh = sharding.make_mesh(config.mesh)
     data = pipeline.train_input(config, models.bind(family.train_examples, config.model), mesh)
-    host_batch = next(data.batches)
-    batch = sharding.global_batch(mesh, host_batch)
+    inputs = next(data.batches)
+    batch = sharding.global_batch(mesh, inputs)
+    host_batch = inputs  # On the device, the batch the step makes from those indices:
+    if data.placement == "device":
+        made = jax.jit(data.materialize)(data.arrays, batch, jnp.int32(0))
+        host_batch = jax.tree.map(np.asarray, jax.device_get(made))
     layout, state = train.create_state(config, family, mesh)
     step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, data)
     metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))

@@ -15,7 +15,7 @@ binarized once (fixed seed). Reports `test/nelbo_nats` (the paper's bound) on al
 The schedule (300,000 steps of 64, 384 passes over the data) is what the paper's regime needs, not
 what a CPU session finishes: the run is resumable; the README reports where it stood and its curve.
 
-Result: see README (Results on full MNIST).
+Result: docs/results.md (Full MNIST, beside the papers).
 """
 
 import os

@@ -17,7 +17,7 @@ reaches −log p(x) ≈ 86.76 nats (K = 5,000). Ours differs in architecture (co
 latent units) and training length (IWAE: 3,280 passes over the data; here 60,000 steps of 64,
 64 passes, what the 2-core CPU allowed in one session: ~50 min).
 
-Result: see README (Results on full MNIST).
+Result: docs/results.md (Full MNIST, beside the papers).
 """
 
 import os

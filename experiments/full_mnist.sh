@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind the README's "Results on full MNIST" (docs/results.md), resumable: rerun the
+# The runs behind docs/results.md's "Full MNIST, beside the papers", resumable: rerun the
 # same line after an interruption and every run continues where it stopped; finished runs are
 # only re-evaluated. Prepare the data first: python -m jvision.data.prepare --dataset=full_mnist
 #
@@ -13,7 +13,7 @@
 #   experiments/full_mnist.sh draw_plain ROOT  DRAW without attention
 #
 # PYTHON overrides the interpreter; SEEDS (default 0,1,2) the transfer seeds; PRETRAIN_STEPS
-# (default 4000, ~4 min each on a 2-core CPU) the PatchVAE / VAE pretraining length.
+# (default 4000, ~5 min each alone on a 2-core CPU) the PatchVAE / VAE pretraining length.
 set -euo pipefail
 
 python=${PYTHON:-python}

@@ -33,8 +33,12 @@ COLUMNS = (
 )
 
 
-def test_compare_tiny_vae(tmp_path):
+@pytest.mark.parametrize("placement", ["auto", "device"])
+def test_compare_tiny_vae(tmp_path, placement):
+    """`auto` keeps the data on the host on a CPU; with `device` the twin trains on the batch the
+    jitted step makes from its indices."""
     markdown = tmp_path / "table.md"
+    where = "host" if placement == "auto" else "device"
     command = [
         sys.executable,
         os.path.join(ROOT, "benchmarks", "compare.py"),
@@ -46,6 +50,7 @@ def test_compare_tiny_vae(tmp_path):
         "--no_compile",
         "--pipeline_batches=5",
         "--matmul_size=256",
+        f"--placement={placement}",
         f"--markdown={markdown}",
     ]
     # The conftest's environment (TFDS dir, JAX_PLATFORMS=cpu, fast compiles); compare.py drops
@@ -62,7 +67,7 @@ def test_compare_tiny_vae(tmp_path):
     assert len(rows) == 1, done.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == len(COLUMNS)
-    assert cells[1] == "16" and cells[2] == "float32, host"  # CPU: "auto" keeps the host.
+    assert cells[1] == "16" and cells[2] == f"float32, {where}"
     assert float(cells[3].split()[0]) > 0 and float(cells[4].split()[0]) > 0
     assert cells[5] == "skipped"
     assert cells[6].endswith("×")
@@ -73,7 +78,7 @@ def test_compare_tiny_vae(tmp_path):
     assert result["machine"]["jax_devices"] == ["cpu:0"]
     (row,) = result["results"]
     assert row["config"] == "vae_mnist:tiny" and row["batch"] == 16
-    assert (row["dtype"], row["placement"]) == ("float32", "host")
+    assert (row["dtype"], row["placement"]) == ("float32", where)
     assert row["jvision_ms"] > 0 and row["eager_ms"] > 0 and row["flops"] > 0
     assert row["jvision_memory"]["peak"] > 0 and row["eager_memory_bytes"] > 0
     assert row["pipeline_batches_per_s"] > 0

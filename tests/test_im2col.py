@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import benchmark, float64
 
 im2col = benchmark("im2col")
@@ -31,7 +30,8 @@ def test_im2col_equals_xla_convolution_and_its_gradients(case):
 
         def xla(x, w):
             dims = ("NHWC", "HWIO", "NHWC")
-            return jax.lax.conv_general_dilated(x, w, (stride,) * 2, padding, dimension_numbers=dims)
+            strides = (stride, stride)
+            return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dims)
 
         def patches(x, w):
             return im2col.conv_im2col(x, w, (stride,) * 2, padding)
@@ -40,6 +40,9 @@ def test_im2col_equals_xla_convolution_and_its_gradients(case):
         assert got.shape == want.shape and got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         cotangent = jnp.asarray(rng.normal(size=want.shape))
-        for argnum in (0, 1):
-            grad = lambda f: jax.grad(lambda *a: jnp.vdot(f(*a), cotangent), argnum)(x, w)  # noqa: E731
-            np.testing.assert_allclose(grad(patches), grad(xla), rtol=1e-12, atol=1e-12)
+
+        def grads(f):  # Of x and of the kernel.
+            return jax.grad(lambda *a: jnp.vdot(f(*a), cotangent), argnums=(0, 1))(x, w)
+
+        for got, want in zip(grads(patches), grads(xla), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
