@@ -10,8 +10,9 @@ of XLA's two is faster: where the conv models' step time goes, and where im2col 
 """
 
 import argparse
-import os
 import time
+
+import machine
 
 # (model, batch, size, cin, cout, kernel, stride, padding): the layers as the models run them
 # (SAME: PyTorch's k // 2; VALID: none).
@@ -99,14 +100,14 @@ def layer_times(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=0, help="0: every CPU available")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    os.environ["PJRT_NPROC"] = str(args.threads)  # XLA:CPU's thread pool (see compare.py).
+    threads = machine.set_threads(args.threads)["threads"]  # Before jax and torch load.
     import torch
 
-    torch.set_num_threads(args.threads)
-    print(f"{args.threads} threads; ms per forward + backward (median of 3 alternated rounds)")
+    torch.set_num_threads(threads)
+    print(f"{threads} threads; ms per forward + backward (median of 3 alternated rounds)")
     print("| layer | B, H, Cin→Cout, k, stride, padding | XLA conv | im2col | PyTorch | faster |")
     print("|---|---|---|---|---|---|")
     for name, batch, size, cin, cout, kernel, stride, padding in LAYERS:

@@ -8,8 +8,9 @@ The layers are the VAE's (batch 64, 28×28 → 14×14 → 7×7) and the SSD's (b
 """
 
 import argparse
-import os
 import time
+
+import machine
 
 LAYERS = [  # (model, batch, size, cin, cout, stride)
     ("vae enc1", 64, 28, 1, 16, 2),
@@ -78,13 +79,13 @@ def row(batch: int, size: int, cin: int, cout: int, stride: int) -> tuple[list, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=0, help="0: every CPU available")
     args = parser.parse_args()
-    os.environ["PJRT_NPROC"] = str(args.threads)  # XLA:CPU's thread pool (see compare.py).
+    threads = machine.set_threads(args.threads)["threads"]  # Before jax and torch load.
     import torch
 
-    torch.set_num_threads(args.threads)
-    print(f"{args.threads} threads; GFLOP/s of XLA / PyTorch")
+    torch.set_num_threads(threads)
+    print(f"{threads} threads; GFLOP/s of XLA / PyTorch")
     print("| layer | B, H, Cin→Cout, stride | forward | input gradient | weight gradient |")
     print("|---|---|---|---|---|")
     for name, batch, size, cin, cout, stride in LAYERS:

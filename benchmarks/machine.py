@@ -70,7 +70,7 @@ def set_threads(threads: int) -> dict:
     threads = threads or len(available)
     if "jax" in sys.modules or "torch" in sys.modules:
         print(
-            "warning: jax or torch was imported before compare.py set the thread count",
+            "warning: jax or torch was imported before the benchmark set the thread count",
             file=sys.stderr,
         )
     pinned = None
