@@ -24,6 +24,7 @@ import pytest
 from flax import nnx
 from helpers import float64, model_to_float64, to_float64
 
+from jvision.errors import UserError
 from jvision.models import draw
 from jvision.ops import distributions
 
@@ -264,3 +265,8 @@ def test_generation_and_summaries(use_attention):
         assert 0 <= float(grid.min()) and float(grid.max()) <= 1
     red_pixels = np.all(np.isclose(grids["generation"], draw.WRITE_COLOR), axis=-1).sum()
     assert (red_pixels > 0) == use_attention
+
+
+def test_no_glimpses_is_a_user_error():
+    with pytest.raises(UserError, match="num_glimpses=0: use 1 or more"):
+        _model(num_glimpses=0)

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jvision import summaries
+from jvision.errors import UserError
 from jvision.models import _variational
 from jvision.ops import attention, distributions, precision
 
@@ -188,6 +189,8 @@ class DRAW(nnx.Module):
 
 
 def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> DRAW:
+    if model_config.num_glimpses < 1:  # A canvas drawn in no steps: nothing to train or show.
+        raise UserError(f"model.num_glimpses={model_config.num_glimpses}: use 1 or more")
     return DRAW(
         image_shape=tuple(model_config.image_shape),
         num_glimpses=model_config.num_glimpses,
