@@ -61,7 +61,7 @@ def _free_port() -> int:
 def _launch(args: list[str], logs, port: int) -> list[subprocess.Popen]:
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4"),
         "JAX_PLATFORMS": "cpu",
     }
     return [
@@ -109,7 +109,7 @@ COMMON = [
     f"--config.total_steps={STEPS}",
     "--config.ckpt_every_steps=10",
     "--config.log_every_steps=10",
-    "--config.eval_every_steps=30",
+    f"--config.eval_every_steps={STEPS}",
     "--config.optimizer.name=sgd",
     "--config.optimizer.learning_rate=1e-4",
 ]
@@ -119,7 +119,7 @@ def _reference_config():
     config = load_config("vae_mnist", "tiny")
     config.total_steps = STEPS
     config.ckpt_every_steps = config.log_every_steps = 10
-    config.eval_every_steps = 30
+    config.eval_every_steps = STEPS
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 1e-4
     return config

@@ -1,0 +1,37 @@
+"""The checkpoint writer's own settings (resume, damage and sealing run end to end in test_train,
+test_hardening and test_cloud_storage)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jvision import checkpoint
+
+
+def test_one_process_writes_each_array_whole_with_orbax_metadata_kept(tmp_path):
+    """The workaround in `write_each_array_whole_in_one_process` reads one attribute of Orbax's
+    handler: this fails when Orbax renames it, instead of silently dropping its metadata store
+    (which restores typed PRNG keys)."""
+    assert ocp.type_handlers.get_type_handler(jax.Array)._array_metadata_store is not None
+    checkpoint.write_each_array_whole_in_one_process()
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    assert handler._use_replica_parallel is False
+    assert handler._array_metadata_store is not None
+
+    # Arrays replicated over the 8 devices and a typed key come back as they were saved.
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+    tree = {
+        "w": jax.device_put(jnp.arange(24.0).reshape(4, 6), replicated),
+        "key": jax.device_put(jax.random.key(3), replicated),
+    }
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(tmp_path / "c", tree)
+    with ocp.StandardCheckpointer() as reader:
+        back = reader.restore(tmp_path / "c", jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    assert back["w"].sharding == replicated
+    assert jnp.issubdtype(back["key"].dtype, jax.dtypes.prng_key)
+    key_data = jax.random.key_data
+    np.testing.assert_array_equal(key_data(back["key"]), key_data(tree["key"]))
