@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from jvision import checksums, config_lib
+from jvision import checksums, config_lib, logs
 from jvision import workdir as workdir_lib
 from jvision.errors import UserError
 
@@ -94,13 +94,8 @@ def write_each_array_whole_in_one_process() -> None:
         use_replica_parallel=False,
         array_metadata_store=getattr(registered, "_array_metadata_store", None),
     )
-    absl = logging.getLogger("absl")  # Orbax warns of every override.
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
+    with logs.quiet_libraries():  # Orbax warns of every override.
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-    finally:
-        absl.setLevel(level)
 
 
 class Checkpoints:

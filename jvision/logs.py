@@ -10,6 +10,7 @@ the command sums up in one line of its own, are not shown. In a notebook nothing
 jvision's records go wherever the notebook sends Python's logging.
 """
 
+import contextlib
 import logging
 import sys
 import threading
@@ -70,6 +71,22 @@ def configure(verbosity: int | None = None) -> None:
             previous_unraisable(arguments)
 
     sys.unraisablehook = unraisable
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Other libraries' absl messages (warnings included) off for a block in which jvision says
+    itself what happens, unless `--verbosity` asked for their INFO lines. Yields whether they
+    are off."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    quiet = not absl.isEnabledFor(logging.INFO)
+    if quiet:
+        absl.setLevel(logging.ERROR)
+    try:
+        yield quiet
+    finally:
+        absl.setLevel(level)
 
 
 def count(number: int, noun: str) -> str:

@@ -115,18 +115,12 @@ def _quiet_tfds():
     """TFDS's progress bars and notices while jvision prepares a dataset: off, since jvision
     says what it prepares in one line (with `--verbosity=0` they show, on stderr: commands keep
     stdout for their results)."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    quiet = not absl.isEnabledFor(logging.INFO)
-    if quiet:
-        absl.setLevel(logging.ERROR)
-        tfds.disable_progress_bar()
-    try:
+    with logs.quiet_libraries() as quiet:
+        if quiet:
+            tfds.disable_progress_bar()
         with open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stderr) as sink:
             with contextlib.redirect_stdout(sink):
                 yield
-    finally:
-        absl.setLevel(level)
 
 
 def open_source(name: str, split: str, configured_dir: str | None = None):
