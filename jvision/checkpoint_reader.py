@@ -45,18 +45,21 @@ def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
     orbax_workdir = workdir_lib.without_glob_characters(workdir)
     path = checkpoint.directory(orbax_workdir) / str(step) / "model"
     reader = ocp.PyTreeCheckpointer()
-    if target is None:
-        as_numpy = jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-            reader.metadata(path).item_metadata.tree,
-        )
-        args = ocp.args.PyTreeRestore(restore_args=as_numpy)
-    else:
-        target = checkpoint.target(target)
-        args = ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
-        )
-    return reader.restore(path, args=args)
+    try:
+        if target is None:
+            as_numpy = jax.tree.map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                reader.metadata(path).item_metadata.tree,
+            )
+            args = ocp.args.PyTreeRestore(restore_args=as_numpy)
+        else:
+            target = checkpoint.target(target)
+            args = ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
+            )
+        return reader.restore(path, args=args)
+    finally:
+        reader.close()  # Its handler's threads end here, not when the interpreter collects it.
 
 
 def _first_readable(workdir: epath.Path, step: int | None, read, attempts: int = 5):

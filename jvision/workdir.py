@@ -107,8 +107,18 @@ def write_json(file: epath.Path, payload) -> None:
     write_atomically(file, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
 
-def read_json(file: epath.Path):
-    return json.loads(file.read_text())
+def read_json(file: epath.Path, attempts: int = 3):
+    """The JSON in `file`. In a bucket, a file rewritten while it is read (the lease's heartbeat,
+    `results.json`) can come back cut at the old object's length: gcsfs and TensorFlow learn the
+    size, then fetch that many bytes of whichever object is there by then. JSON that does not
+    parse is read again there, `attempts` times in all; on disks a file is replaced whole."""
+    for attempt in range(1, attempts + 1):
+        text = file.read_text()
+        try:
+            return json.loads(text)
+        except ValueError:
+            if attempt == attempts or not is_uri(file):
+                raise
 
 
 def save_png(file: epath.Path, picture: np.ndarray) -> None:

@@ -318,17 +318,19 @@ def test_the_lease_is_renewed_and_a_takeover_is_reported_not_overwritten(bucket,
     root = workdir.path(f"gs://{bucket}/run")
     lease = workdir.Lease(root, renew_secs=0.1, settle_secs=0)
     lease.take()
-    first = workdir.read_json(root / workdir.LEASE_FILE)["renewed"]
-    deadline = time.monotonic() + 10
-    while workdir.read_json(root / workdir.LEASE_FILE)["renewed"] == first:
-        assert time.monotonic() < deadline, "the lease was not renewed"
-        time.sleep(0.05)
-    _plant(root, renewed=time.time())  # Another run took it (this one stalled, say).
-    while "taken over by another run (pid 4242 on elsewhere" not in caplog.text:
-        assert time.monotonic() < deadline, "the takeover was not reported"
-        time.sleep(0.05)
-    time.sleep(0.3)  # Several beats: none overwrites the other run's lease.
-    lease.release()  # Nor removes it.
+    try:  # Read while the heartbeat rewrites it (`workdir.read_json` reads a cut object again).
+        first = workdir.read_json(root / workdir.LEASE_FILE)["renewed"]
+        deadline = time.monotonic() + 10
+        while workdir.read_json(root / workdir.LEASE_FILE)["renewed"] == first:
+            assert time.monotonic() < deadline, "the lease was not renewed"
+            time.sleep(0.05)
+        _plant(root, renewed=time.time())  # Another run took it (this one stalled, say).
+        while "taken over by another run (pid 4242 on elsewhere" not in caplog.text:
+            assert time.monotonic() < deadline, "the takeover was not reported"
+            time.sleep(0.05)
+        time.sleep(0.3)  # Several beats: none overwrites the other run's lease.
+    finally:
+        lease.release()  # Nor removes it (and no heartbeat outlives the test).
     assert workdir.read_json(root / workdir.LEASE_FILE)["token"] == "theirs"
 
 

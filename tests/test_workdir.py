@@ -58,6 +58,30 @@ def test_json_and_pictures_round_trip_through_a_bucket_path(fake_bucket):
     assert sorted(os.listdir(on_disk)) == ["picture.png", "results.json"]  # No temporary left.
 
 
+def test_a_bucket_read_cut_short_by_a_rewrite_is_read_again(fake_bucket, monkeypatch):
+    """Seen against the emulator: the lease read while its heartbeat rewrote it came back
+    without its closing brace (the new object, cut at the old one's length)."""
+    lease = workdir.path("gs://bucket/run/lease.json")
+    lease.parent.mkdir(parents=True, exist_ok=True)
+    workdir.write_json(lease, {"renewed": 1796203702.2543387, "token": "t"})
+    whole = lease.read_text()
+    cut = [whole[:-1], whole[:-2]]  # Two reads of a rewrite in flight, then the whole file.
+    read = type(lease).read_text
+    monkeypatch.setattr(type(lease), "read_text", lambda p: cut.pop(0) if cut else read(p))
+    assert workdir.read_json(lease) == {"renewed": 1796203702.2543387, "token": "t"}
+    cut[:] = [whole[:-1]] * 3  # Never whole: the parse error, after three reads.
+    with pytest.raises(ValueError):
+        workdir.read_json(lease)
+    assert not cut
+
+
+def test_a_damaged_json_file_on_disk_is_an_error_at_once(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text('{"step": 4')
+    with pytest.raises(ValueError):
+        workdir.read_json(workdir.path(target))
+
+
 def test_json_writes_replace_the_file_whole(tmp_path):
     target = workdir.path(tmp_path) / "config.json"
     workdir.write_json(target, {"a": 1})
