@@ -62,9 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.image_size = 0  # >0: resize the shorter side and centre-crop to this size.
     config.data.random_flip = False  # Mirror training images left-right at random.
     config.data.binarize = "dynamic"  # 'dynamic' (Bernoulli resampled per epoch), 'none'.
-    # Splits (this process's share) of at most this many examples are read and decoded once and
-    # kept in memory: the TFDS reader's per-example cost would otherwise compete with the train
-    # step for the CPU. 0 turns it off.
+    # Splits of at most this many examples keep each example in memory once it is read: the
+    # TFDS reader's per-example cost would otherwise compete with the train step for the CPU
+    # at every epoch. 0 turns it off.
     config.data.cache_max_examples = 100_000
     # Where the examples live: "host" (read, decoded and transformed by Grain on the host),
     # "device" (the split in device memory, each batch gathered and transformed inside the

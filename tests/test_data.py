@@ -73,6 +73,25 @@ def test_in_memory_cache_changes_nothing_but_speed():
         np.testing.assert_array_equal(x["image"], y["image"])
 
 
+def test_a_remembered_source_reads_each_example_once_and_only_when_asked():
+    reads = []
+
+    class Source:
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            reads.append(index)
+            return {"index": index}
+
+    source = pipeline.Remembered(Source())
+    assert len(source) == 5 and reads == []  # Nothing read up front.
+    assert [source[3], source[np.int64(3)], source[0], source[3]] == [
+        {"index": i} for i in (3, 3, 0, 3)
+    ]
+    assert reads == [3, 0]
+
+
 def test_epochs_are_reshuffled_and_cover_the_split():
     config = _config(binarize="none")
     config.batch_size = 1000
