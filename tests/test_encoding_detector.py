@@ -229,6 +229,7 @@ def test_kitti_triplets_and_detection_on_mocked_tfds(tmp_path):
 
     config = load_config("encoding_detector_kitti", "tiny")
     config.data.data_dir = str(tmp_path / "tfds")
+    config.eval_every_steps = config.total_steps  # One evaluation of full-size frames, at the end.
     with tfds.testing.mock_data(num_examples=12):
         results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert set(results) == {"test/mAP", "test/AP_0"}

@@ -58,10 +58,12 @@ def test_cifar100_pretraining_and_transfer_run_on_mocked_tfds(tmp_path):
 
     pretrain = load_config("patchvae_cifar100", "tiny")
     pretrain.data.data_dir = str(tmp_path / "tfds")
+    pretrain.eval_every_steps = pretrain.total_steps  # Each run evaluates once, at its end.
     with tfds.testing.mock_data(num_examples=64):
         train.train_and_evaluate(pretrain, str(tmp_path / "pretrained"))
         config = load_config("transfer_cifar100", "tiny")
         config.data.data_dir = str(tmp_path / "tfds")
         config.init_from.workdir = str(tmp_path / "pretrained")
+        config.eval_every_steps = config.total_steps
         results = train.train_and_evaluate(config, str(tmp_path / "transfer"))
     assert set(results) == {"test/loss", "test/top1"}
