@@ -59,7 +59,7 @@ def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
             )
         return reader.restore(path, args=args)
     finally:
-        reader.close()  # Its handler's threads end here, not when the interpreter collects it.
+        reader.close()  # Its handler and metadata store, as Orbax's `Checkpointer.close` says.
 
 
 def _first_readable(workdir: epath.Path, step: int | None, read, attempts: int = 5):
