@@ -121,8 +121,11 @@ def load_model(
         try:
             return _model(workdir, candidate, tree), meta
         except Exception as error:  # Whatever Orbax raises when the files vanish under it.
-            if (checkpoint.directory(workdir) / str(candidate)).exists():
+            # Rotated away while being read (a rotation midway leaves the directory with some
+            # of its files): the error is the checkpoint's only when it is still whole.
+            step_dir = checkpoint.directory(workdir) / str(candidate)
+            if step_dir.exists() and not checksums.verify(step_dir):
                 raise
-            raise FileNotFoundError(candidate) from error  # Rotated away while being read.
+            raise FileNotFoundError(candidate) from error
 
     return _first_readable(workdir, step, read)

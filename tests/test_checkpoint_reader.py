@@ -33,19 +33,36 @@ def test_an_empty_newest_step_directory_is_passed_over(trained, tmp_path):
         checkpoint_reader.read_meta(workdir, 6)
 
 
-def test_a_step_rotated_away_while_read_falls_back_to_the_next(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("removed", ["4", "4/model/_METADATA"], ids=["whole", "midway"])
+def test_a_step_rotated_away_while_read_falls_back_to_the_next(
+    trained, tmp_path, monkeypatch, removed
+):
+    """The trainer removes step 4 while it is read: all of it, or (midway through its removal)
+    a file Orbax reads; either way the reader takes step 2."""
     workdir = tmp_path / "w"
     shutil.copytree(trained("vae_mnist").workdir, workdir)
     original = checkpoint_reader._model
 
     def rotate_first(workdir_, step, target):
         if step == 4:
-            shutil.rmtree(workdir / "checkpoints" / "4")  # The trainer's rotation, meanwhile.
+            path = workdir / "checkpoints" / removed
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         return original(workdir_, step, target)
 
     monkeypatch.setattr(checkpoint_reader, "_model", rotate_first)
     _, meta = checkpoint_reader.load_model(workdir)
     assert meta["step"] == 2
+
+
+def test_an_error_reading_a_whole_checkpoint_is_raised(trained, monkeypatch):
+    """Only a checkpoint that changed under the reader is passed over."""
+
+    def broken(workdir, step, target):
+        raise ValueError("pytree structure error")
+
+    monkeypatch.setattr(checkpoint_reader, "_model", broken)
+    with pytest.raises(ValueError, match="pytree structure error"):
+        checkpoint_reader.load_model(trained("vae_mnist").workdir)
 
 
 def test_damage_is_named_never_loaded(trained, tmp_path):
