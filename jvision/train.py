@@ -81,32 +81,32 @@ def create_state(
     config: ml_collections.ConfigDict, family: models.Family, mesh
 ) -> tuple[StateLayout, dict]:
     """Builds the model and its optimizer, directly in their shardings (`jvision.sharding`)."""
+    graphdefs = {}
 
-    def build():
+    def build() -> dict:
         model = family.build(config.model, nnx.Rngs(config.seed))
         # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
         optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=family.trainable(model))
-        return {"model": model, "opt": optimizer}
+        nodes = {"model": model, "opt": optimizer}
+        graphdefs.update({name: nnx.graphdef(node) for name, node in nodes.items()})
+        return {name: nnx.state(node) for name, node in nodes.items()}
 
-    try:
-        abstract = nnx.eval_shape(build)
+    try:  # Traced once: the jit below finds this trace in JAX's cache (same function, no args).
+        shapes = jax.eval_shape(build)
     except (ArithmeticError, ValueError, TypeError) as error:  # E.g. a size of 0.
         message = (str(error).strip().splitlines() or [""])[0][:200]
         raise UserError(
             f"the model does not build with this config ({type(error).__name__}: {message}); "
             "check the model.* values"
         ) from None
-    shapes = {name: nnx.state(node) for name, node in abstract.items()}
     layout = StateLayout(
-        graphdefs={name: nnx.graphdef(node) for name, node in abstract.items()},
+        graphdefs=graphdefs,
         shapes=shapes,
         shardings=sharding.state_shardings(mesh, shapes, config.mesh.fsdp_min_size),
     )
-    state = jax.jit(
-        lambda: {name: nnx.state(node) for name, node in build().items()},
-        out_shardings=layout.shardings,
-    )()
-    parameters = nnx.to_pure_dict(nnx.state(abstract["model"], nnx.Param))
+    state = jax.jit(build, out_shardings=layout.shardings)()
+    abstract_model = nnx.merge(graphdefs["model"], shapes["model"])
+    parameters = nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param))
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parameters))
     log.info("model %s: %s parameters", config.model.name, f"{count:,}")
     log.debug(

@@ -1,6 +1,7 @@
 """The trainer in-process: exact resume (also of a run the command line started), re-evaluation,
 what it refuses, and its decisions."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -112,3 +113,27 @@ def test_closing_reports_the_first_error_unless_another_is_on_its_way(caplog):
     assert "second" in caplog.text
     with pytest.raises(ValueError, match="the run's own"), train.Closing(fail("closing")):
         raise ValueError("the run's own")  # A closing error must not hide it.
+
+
+def test_the_state_is_built_in_its_shardings_from_one_trace_of_the_model():
+    """`create_state` traces the family's `build` once (its shapes and the jitted build share the
+    trace), and the state it returns has the layout's shapes and shardings."""
+    import jax
+
+    from jvision import models, sharding
+
+    config = _tiny()
+    family = models.get("vae")
+    calls = []
+
+    def build(model_config, rngs):
+        calls.append(1)
+        return family.build(model_config, rngs)
+
+    counted = dataclasses.replace(family, build=build)
+    layout, state = train.create_state(config, counted, sharding.make_mesh(config.mesh))
+    assert len(calls) == 1
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), layout.shapes
+    )
+    assert jax.tree.map(lambda x: x.sharding, state) == layout.shardings
