@@ -1,11 +1,17 @@
 """What several test modules share (no test module imports another): the repository root, configs
-by name, `python -m jvision.main` as a subprocess, and the PyTorch-twin comparison in float64."""
+by name, `python -m jvision.main` as a subprocess (forked from a server that imported JAX once:
+`forkserver.py`), and the PyTorch-twin comparison in float64."""
 
+import atexit
 import contextlib
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +26,13 @@ def load_config(name: str, arg: str | None = "tiny"):
 
 
 def run_module(module: str, *args: str, timeout: int = 300, env: dict | None = None):
-    """`python -m MODULE ARGS` from the repository root, output captured."""
+    """`python -m MODULE ARGS` from the repository root, output captured. Forked from this
+    process's fork server (`forkserver.py`: the imports done once) unless `env` is given or
+    JVISION_TEST_FORK=0; the returned `CompletedProcess` is the same either way."""
+    if env is None and os.environ.get("JVISION_TEST_FORK", "1") != "0":
+        server = _ForkServer.get()
+        if server is not None:
+            return server.run(module, args, timeout)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
@@ -34,6 +46,65 @@ def run_module(module: str, *args: str, timeout: int = 300, env: dict | None = N
 def run_main(*args: str, timeout: int = 300, env: dict | None = None):
     """`python -m jvision.main ARGS` from the repository root, output captured."""
     return run_module("jvision.main", *args, timeout=timeout, env=env)
+
+
+class _ForkServer:
+    """This process's `forkserver.py`, started at the first run; None when it cannot serve."""
+
+    _server: "_ForkServer | None | bool" = False  # False: not started yet.
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> "_ForkServer | None":
+        with cls._lock:
+            if cls._server is False:
+                cls._server = cls._start()
+            return cls._server
+
+    @classmethod
+    def _start(cls) -> "_ForkServer | None":
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "forkserver.py")],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if process.stdout.readline().strip() != "ready":  # It said why on stderr.
+            process.wait()
+            return None
+        atexit.register(process.stdin.close)  # The server exits when its stdin closes.
+        return cls(process)
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    def run(self, module: str, args: tuple, timeout: float) -> subprocess.CompletedProcess:
+        with self._lock, tempfile.TemporaryDirectory() as folder:
+            out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+            for path in (out, err):
+                open(path, "w").close()
+            request = {"module": module, "args": list(args), "cwd": ROOT}
+            request.update(stdout=out, stderr=err)
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            pid = int(self.process.stdout.readline())
+            expired = threading.Event()
+
+            def kill():
+                expired.set()
+                os.kill(pid, signal.SIGKILL)
+
+            killer = threading.Timer(timeout, kill)
+            killer.start()
+            returncode = int(self.process.stdout.readline())
+            killer.cancel()
+            with open(out) as stdout, open(err) as stderr:
+                printed = stdout.read(), stderr.read()
+        command = [sys.executable, "-m", module, *args]
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(command, timeout, *printed)
+        return subprocess.CompletedProcess(command, returncode, *printed)
 
 
 # ----------------------------------------------------------------------------- PyTorch twins

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import helpers
 import pytest
 from helpers import ROOT, run_main
 from tensorboard.backend.event_processing import event_accumulator
@@ -198,3 +199,17 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_as_it_was(
     assert "Traceback" not in result.stderr
     if workdir_path:
         assert _snapshot(workdir_path) == before  # Byte for byte; None: still not there.
+
+
+def test_the_tests_fork_server_runs_a_module_as_python_m_does(tmp_path, monkeypatch):
+    """`helpers.run_module` forks its runs from a server that imported JAX once: what such a run
+    prints and returns is what `python -m` prints and returns. The server must serve: it refuses
+    when a library it imports starts a thread or prints (see `forkserver.py`)."""
+    assert helpers._ForkServer.get() is not None
+    args = ("--config=configs/vae_mnist.py:tiny", f"--workdir={tmp_path}", "--config.seed=x")
+    forked = run_main(*args)
+    monkeypatch.setenv("JVISION_TEST_FORK", "0")
+    started = run_main(*args)
+    assert forked.returncode == started.returncode == 1
+    assert (forked.stdout, forked.stderr) == (started.stdout, started.stderr)
+    assert forked.stderr.startswith("jvision: error:"), forked.stderr
