@@ -8,7 +8,9 @@ Result (2026-12-02, 2-core Intel Xeon CPU beside two low-priority runs, 6 min 5 
 final importance-sampled likelihood included): after 8,000 steps test/nelbo_nats = 100.81
 (69.60 reconstruction + 31.21 KL) and test/nll_is_nats = 92.77 (K = 500 samples per digit, the
 1,000 test digits). On a 2-core AMD EPYC (2026-12-02, idle, 7 min 37 s wall): 100.97 and
-92.57 (float32 rounds differently on each CPU). On 2026-11-23 (AMD, no likelihood): 100.97.
+92.57 (float32 rounds differently on each CPU). On a 2-core AMD EPYC with AVX2 only (CPU
+family 23; 2026-12-02, idle, 23 min 26 s wall): 100.75 and 92.68. On 2026-11-23 (AMD, no
+likelihood): 100.97.
 """
 
 from jvision import config_lib
