@@ -261,7 +261,8 @@ wait_until_active() {
 }
 
 # Copies the files worth shipping into STAGE/jvision: in a git checkout the tracked and
-# unignored files (no .venv of a few GB, no workdirs), otherwise everything.
+# unignored files (no .venv of a few GB, no workdirs), otherwise everything but what
+# .gitignore names (a virtualenv, workdirs, logs, builds and caches).
 stage_source() {
   local stage=$1 file
   mkdir "$stage/jvision"
@@ -273,7 +274,10 @@ stage_source() {
       done |
       tar -C "$source_dir" --null -T - -cf - | tar -C "$stage/jvision" -xf -
   else
-    cp -R "$source_dir/." "$stage/jvision"
+    tar -C "$source_dir" --anchored --exclude=./.git --exclude=./.venv --exclude=./workdirs \
+      --exclude=./logs --exclude=./build --no-anchored --exclude=__pycache__ \
+      --exclude='*.egg-info' --exclude=.pytest_cache --exclude=.ruff_cache -cf - . |
+      tar -C "$stage/jvision" -xf -
   fi
 }
 

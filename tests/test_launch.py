@@ -336,14 +336,19 @@ def test_setup_copies_the_checkout_and_installs_on_all_workers(fake):
     assert install["argv"] == [*ssh("all", command), *WHERE, "--quiet"]
 
 
-def test_setup_outside_git_copies_everything(fake):
+def test_setup_outside_git_copies_everything_but_the_ignored(fake):
+    """E.g. an unpacked archive: no virtualenv (a few GB), workdirs or caches go to the workers
+    (CI's copy of the repository, with its fresh .venv, is such a directory)."""
     source = fake.tmp / "plain"
-    (source / "jvision").mkdir(parents=True)
-    (source / "setup.py").write_text("")
-    (source / "jvision" / "main.py").write_text("")
+    kept = ["setup.py", "jvision/main.py", "jvision/build/notes.txt"]
+    left = [".venv/bin/python", "workdirs/run/results.json", "jvision/__pycache__/main.pyc"]
+    left += ["logs/run.log", "x.egg-info/PKG-INFO", ".git/HEAD"]
+    for name in kept + left:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("")
     result = fake.run(TPU_VM, "setup", *SETTINGS, env={"TPU_SOURCE_DIR": str(source)})
     assert result.returncode == 0, result.stderr
-    assert fake.calls("gcloud")[1]["files"] == ["jvision/main.py", "setup.py"]
+    assert fake.calls("gcloud")[1]["files"] == sorted(kept)
 
 
 def write_program(path, body):
