@@ -74,9 +74,12 @@ def _serve(channel) -> dict:
 
 def _become(request: dict) -> None:
     """Turns this forked child into `python -m MODULE ARGS` as the request asks."""
-    for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY)):
-        os.dup2(os.open(path, mode), fd)
-    os.dup2(os.open(request["stderr"], os.O_WRONLY), 2)
+    streams = [(os.devnull, os.O_RDONLY), (request["stdout"], os.O_WRONLY)]
+    streams.append((request["stderr"], os.O_WRONLY))
+    for fd, (path, mode) in enumerate(streams):  # stdin, stdout, stderr
+        opened = os.open(path, mode)
+        os.dup2(opened, fd)
+        os.close(opened)
     os.chdir(request["cwd"])
     sys.argv = [request["module"], *request["args"]]
     sys.path[0] = request["cwd"]  # As `python -m` run from there has it.
