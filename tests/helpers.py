@@ -84,8 +84,7 @@ class _ForkServer:
             out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
             for path in (out, err):
                 open(path, "w").close()
-            request = {"module": module, "args": list(args), "cwd": ROOT}
-            request.update(stdout=out, stderr=err)
+            request = dict(module=module, args=list(args), cwd=ROOT, stdout=out, stderr=err)
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
             pid = int(self.process.stdout.readline())
