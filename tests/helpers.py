@@ -165,14 +165,15 @@ def model_to_float64(model) -> None:
     nnx.update(model, to_float64(nnx.state(model)))
 
 
-def build_jvision(family, config):
-    """`family.build(config.model, nnx.Rngs(0))`, initialised in one jitted program (eagerly,
-    each initializer compiles on its own: seconds per model)."""
+def built(build, model_config, seed: int = 0):
+    """`build(model_config, nnx.Rngs(seed))`, initialised in one jitted program. Eagerly, each
+    initializer and each of its operations compiles a program of its own: 100 to 200 per model,
+    seconds in all, most of some test modules' time."""
     import jax
     from flax import nnx
 
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: family.build(config.model, nnx.Rngs(0))))
-    state = jax.jit(lambda: nnx.state(family.build(config.model, nnx.Rngs(0))))()
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(model_config, nnx.Rngs(seed))))
+    state = jax.jit(lambda: nnx.state(build(model_config, nnx.Rngs(seed))))()
     return nnx.merge(graphdef, state)
 
 
@@ -336,7 +337,7 @@ def check_twin(config, batch: dict, step: int = 0, prepare=None) -> str:
     family = models.get(config.model.name)
     size = len(next(iter(batch.values())))
     with float64():
-        model = build_jvision(family, config)
+        model = built(family.build, config.model)
         model_to_float64(model)
         perturb(model)
         if prepare is not None:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import float64, model_to_float64, to_float64
+from helpers import built, float64, model_to_float64, to_float64
 
 from jvision.errors import UserError
 from jvision.models import draw
@@ -64,7 +64,7 @@ def _model(use_attention=True, num_glimpses=4, image_shape=(12, 10, 1), matmul_d
             dtype=matmul_dtype,  # `model.dtype`: the matmuls' operand dtype.
         )
     )
-    return draw.build(config, nnx.Rngs(0))
+    return built(draw.build, config)
 
 
 def _images(shape=(5, 12, 10, 1)):
@@ -120,10 +120,11 @@ def test_scan_equals_an_explicit_python_loop(use_attention):
     model = _model(use_attention)
     images, noise = _float64_model_and_inputs(model, jax.random.key(2))
     with float64():
-        canvas, steps = model(images, noise, record=True)
+        canvas, steps = nnx.jit(lambda m, x, z: m(x, z, record=True))(model, images, noise)
+        glimpse = nnx.jit(lambda m, carry, x, z: m.glimpse(carry, x, z))
         carry = (jnp.zeros(images.shape), model._zero_state(5), model._zero_state(5))
         for t in range(model.num_glimpses):
-            carry, outputs = model.glimpse(carry, images, noise[t])
+            carry, outputs = glimpse(model, carry, images, noise[t])
             assert_close(steps["kl_nats"][t], outputs["kl_nats"])
             assert_close(steps["canvas"][t], outputs["canvas"])
         assert_close(canvas, carry[0])
@@ -249,12 +250,13 @@ def test_program_size_does_not_grow_with_glimpses():
 @pytest.mark.parametrize("use_attention", [True, False])
 def test_generation_and_summaries(use_attention):
     model = _model(use_attention, num_glimpses=20)
-    canvases, boxes = model.generate(model.noise(jax.random.key(5), 3))
+    canvases, boxes = nnx.jit(lambda m, z: m.generate(z))(model, model.noise(jax.random.key(5), 3))
     assert canvases.shape == (20, 3, 12, 10, 1)
     assert (boxes is None) == (not use_attention)
     if use_attention:
         assert boxes.shape == (20, 3, 4)
-    outputs = draw.image_summaries(model, {"image": _images((3, 12, 10, 1))}, jax.random.key(6), 0)
+    images = {"image": _images((3, 12, 10, 1))}
+    outputs = nnx.jit(draw.image_summaries)(model, images, jax.random.key(6), 0)
     grids = draw.draw_summaries(jax.device_get(outputs))
     shown = len(draw._shown_steps(20))
     assert shown == 16

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import float64, load_config, model_to_float64, to_float64
+from helpers import built, float64, load_config, model_to_float64, to_float64
 
 from jvision import checkpoint_reader
 from jvision.data import triplets
@@ -130,7 +130,7 @@ def _model(**overrides):
     config = load_config("encoding_detector_mnist", "tiny").model
     config = ml_collections.ConfigDict(config.to_dict())
     config.update(overrides)
-    return encoding_detector.build(config, nnx.Rngs(0))
+    return built(encoding_detector.build, config)
 
 
 def test_exemplar_bank_is_the_mean_exemplar_map_per_class():
@@ -141,15 +141,15 @@ def test_exemplar_bank_is_the_mean_exemplar_map_per_class():
     examples = [make(i, None) for i in range(3)]
     batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
     batch["exemplars"] = batch["exemplars"].astype(jnp.float32) / 255
-    statistics = encoding_detector.calibration_statistics(model, batch, 0)
+    statistics = nnx.jit(encoding_detector.calibration_statistics)(model, batch, 0)
     totals = jax.tree.map(lambda v: v.sum(axis=0), statistics)
     encoding_detector.set_calibration(model, totals)
     # By hand: encode every real crop, average per class.
-    maps = {}
+    maps, encode = {}, nnx.jit(lambda m, x: m.encoder(x))
     for example in examples:
         for crop, label in zip(example["exemplars"], example["exemplar_labels"], strict=True):
             if label >= 0:
-                feature = model.encoder(jnp.asarray(crop[None], jnp.float32) / 255)[0]
+                feature = encode(model, jnp.asarray(crop[None], jnp.float32) / 255)[0]
                 maps.setdefault(int(label), []).append(np.asarray(feature))
     for label, features in maps.items():
         np.testing.assert_allclose(model.bank[...][label], np.mean(features, 0), atol=1e-5)
@@ -162,15 +162,16 @@ def test_peaks_decode_to_the_region_they_stand_on():
     heat[3:7, 2:5, 0] = 0.9  # Class 0: cells rows 3-6, columns 2-4 ...
     heat[4, 3, 0] = 0.95  # ... peaking inside.
     heat[10:14, 10:12, 1] = 0.3  # Class 1: too weak for a 0.4 threshold.
+    decode = jax.jit(encoding_detector.decode, static_argnums=(1, 2, 3))
     settings = (0.4, 0.5, 0.45, 2)
-    out = jax.device_get(encoding_detector.decode(jnp.asarray(heat), 2, (32, 32), settings))
+    out = jax.device_get(decode(jnp.asarray(heat), 2, (32, 32), settings))
     valid = out["valid"]
     assert valid.sum() == 1 and out["labels"][valid][0] == 0
     assert out["scores"][valid][0] == pytest.approx(0.95)
     # Cells 3..6 have centres 6..12 px: the box spans one cell beyond: 5..13 px (rows), 3..9 px.
     np.testing.assert_allclose(out["boxes"][valid][0] * 32, [5.0, 3.0, 13.0, 9.0])
     settings = (0.2, 0.5, 0.45, 2)
-    out = jax.device_get(encoding_detector.decode(jnp.asarray(heat), 2, (32, 32), settings))
+    out = jax.device_get(decode(jnp.asarray(heat), 2, (32, 32), settings))
     assert sorted(out["labels"][out["valid"]]) == [0, 1]  # Now class 1 clears the threshold.
 
 
@@ -188,7 +189,7 @@ def test_both_correlations_give_the_same_training_loss():
         for method in ("direct", "fft"):
             model = _model(correlation=method)
             model_to_float64(model)
-            _, values = encoding_detector.train_loss(model, batch, key, 0)
+            _, values = nnx.jit(encoding_detector.train_loss)(model, batch, key, 0)
             terms[method] = {name: np.asarray(value) for name, value in values.items()}
     direct, fft = terms["direct"], terms["fft"]
     assert (

@@ -1,12 +1,10 @@
 """`jvision.evaluate`: any workdir's metrics, pictures and predictions, from the workdir alone."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import run_module
 
 from jvision import checksums, evaluate, summaries
 from jvision import workdir as workdir_lib
@@ -113,13 +111,7 @@ def test_no_checkpoint_and_unknown_model(tmp_path, trained):
 
 
 def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "jvision.evaluate", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("jvision.evaluate", *args)
 
 
 def test_cli_prints_results_json_and_writes_the_pictures(trained, tmp_path):

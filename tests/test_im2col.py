@@ -36,13 +36,13 @@ def test_im2col_equals_xla_convolution_and_its_gradients(case):
         def patches(x, w):
             return im2col.conv_im2col(x, w, (stride,) * 2, padding)
 
-        want, got = xla(x, w), patches(x, w)
+        want, got = jax.jit(xla)(x, w), jax.jit(patches)(x, w)
         assert got.shape == want.shape and got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         cotangent = jnp.asarray(rng.normal(size=want.shape))
 
         def grads(f):  # Of x and of the kernel.
-            return jax.grad(lambda *a: jnp.vdot(f(*a), cotangent), argnums=(0, 1))(x, w)
+            return jax.jit(jax.grad(lambda *a: jnp.vdot(f(*a), cotangent), argnums=(0, 1)))(x, w)
 
         for got, want in zip(grads(patches), grads(xla), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

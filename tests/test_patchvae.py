@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import built, load_config
 
 from jvision.errors import UserError
 from jvision.models import _resnet, patchvae
@@ -80,17 +80,22 @@ def test_temperature_schedule_matches_the_authors_values():
 
 @pytest.mark.parametrize("scale", _resnet.SCALES)
 def test_trunk_and_decoder_shapes_for_every_scale(scale):
-    trunk = _resnet.ResNetTrunk(3, scale, rngs=nnx.Rngs(0))
-    features = trunk(jnp.zeros((2, 64, 64, 3)))
+    def outputs():  # Shapes only: traced, never compiled.
+        trunk = _resnet.ResNetTrunk(3, scale, rngs=nnx.Rngs(0))
+        decoder = patchvae.PyramidDecoder(10, 3, 8, scale, rngs=nnx.Rngs(0))
+        return trunk(jnp.zeros((2, 64, 64, 3))), decoder(
+            jnp.zeros((2, 64 // scale, 64 // scale, 10))
+        )
+
+    features, decoded = jax.eval_shape(outputs)
     assert features.shape == (2, 64 // scale, 64 // scale, 16 * scale)
-    decoder = patchvae.PyramidDecoder(10, 3, 8, scale, rngs=nnx.Rngs(0))
-    assert decoder(jnp.zeros((2, 64 // scale, 64 // scale, 10))).shape == (2, 64, 64, 3)
+    assert decoded.shape == (2, 64, 64, 3)
 
 
 def _tiny_model(kind="patchvae"):
     config = load_config("patchvae_mnist", "tiny").model
     config.kind = kind
-    return patchvae.build(config, nnx.Rngs(0))
+    return built(patchvae.build, config)
 
 
 def test_appearance_pooling_is_a_weighted_average_over_locations():
@@ -117,7 +122,7 @@ def test_appearance_pooling_is_a_weighted_average_over_locations():
     assert (difference <= bound).all(), (difference.max(), (difference / bound).max())
     # No gradient reaches the occurrence head through the pooling weights.
     model.eval()
-    grads = nnx.grad(lambda m: m.posterior(images)[0].sum())(model)
+    grads = nnx.jit(nnx.grad(lambda m: m.posterior(images)[0].sum()))(model)
     assert float(jnp.abs(grads.occurrence_logits.kernel[...]).max()) == 0.0
     assert float(jnp.abs(grads.appearance_mean.kernel[...]).max()) > 0.0
 
@@ -126,7 +131,7 @@ def test_loss_terms_and_both_kinds_decode_to_images():
     for kind in ("patchvae", "vae"):
         model = _tiny_model(kind)
         batch = {"image": jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))}
-        loss, terms = patchvae.train_loss(model, batch, jax.random.key(2), jnp.int32(5000))
+        loss, terms = nnx.jit(patchvae.train_loss)(model, batch, jax.random.key(2), 5000)
         expected = terms["recon"] + terms["kl_appearance"]
         if kind == "patchvae":
             expected += 10 * terms["kl_occurrence"]
@@ -135,9 +140,9 @@ def test_loss_terms_and_both_kinds_decode_to_images():
         # float32 sums of the same non-negative terms in two orders: ≤ 11 roundings (the
         # per-image weighted sum, the batch means), ≤ 11·2⁻²⁴ ≈ 7e-7 relative.
         np.testing.assert_allclose(loss, expected, rtol=16 * 2.0**-24)
-        grids = patchvae.image_summaries(model, batch, jax.random.key(3), jnp.int32(5000))
+        grids = nnx.jit(patchvae.image_summaries)(model, batch, jax.random.key(3), 5000)
         assert grids["reconstructions"].shape == (2, 2, 28, 28, 1)
-        predicted = patchvae.predict(model, batch, jnp.int32(0))
+        predicted = nnx.jit(patchvae.predict)(model, batch, 0)
         assert predicted["reconstruction"].shape == (2, 28, 28, 1)
         assert ("occurrence" in predicted) == (kind == "patchvae")
 

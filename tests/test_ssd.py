@@ -4,14 +4,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from helpers import float64, load_config, model_to_float64
+from helpers import built, float64, load_config, model_to_float64
 
 from jvision.models import ssd
 from jvision.ops import boxes as box_ops
 
 
 def _model():
-    return ssd.build(load_config("ssd_mnist", None).model, nnx.Rngs(0))
+    return built(ssd.build, load_config("ssd_mnist", None).model)
+
+
+@nnx.jit
+def _forward(model, images):
+    return model(images)
+
+
+@nnx.jit
+def _loss_terms(model, offsets, logits, boxes, labels):
+    return model.loss_terms(offsets, logits, boxes, labels)
 
 
 def _batch(batch=2):
@@ -29,7 +39,7 @@ def _batch(batch=2):
 
 def test_network_outputs_one_row_per_prior():
     model = _model()
-    offsets, logits = model(jnp.zeros((3, 32, 32, 1)) + 0.3)
+    offsets, logits = _forward(model, jnp.zeros((3, 32, 32, 1)) + 0.3)
     assert model.priors.shape == (2124, 4)
     assert offsets.shape == (3, 2124, 4) and logits.shape == (3, 2124, 11)
 
@@ -113,13 +123,12 @@ def test_multibox_loss_matches_numpy():
     boxes = batch["boxes"].astype(np.float64)
     with float64():  # Priors too: `ssd_priors`' float32 values, exactly, as float64.
         model_to_float64(model)
-        terms = model.loss_terms(offsets, logits, boxes, batch["labels"])
+        terms = _loss_terms(model, offsets, logits, boxes, batch["labels"])
         terms = {name: np.asarray(value) for name, value in terms.items()}
         priors = np.asarray(model.priors[...])
-        matched, classes = jax.vmap(
-            lambda b, lab: box_ops.match(b, lab, priors, 0.5, ssd.BACKGROUND)
-        )(boxes, batch["labels"])
-        targets = np.asarray(box_ops.encode(matched, priors[None]))
+        match = jax.vmap(lambda b, lab: box_ops.match(b, lab, priors, 0.5, ssd.BACKGROUND))
+        matched, classes = jax.jit(match)(boxes, batch["labels"])
+        targets = np.asarray(jax.jit(box_ops.encode)(matched, priors[None]))
     assert terms["loss"].dtype == targets.dtype == priors.dtype == np.float64
     box_loss, class_loss, n_pos = numpy_multibox(offsets, logits, targets, np.asarray(classes))
     assert n_pos >= 4  # Two objects per image, each forced onto at least one prior.
@@ -138,15 +147,20 @@ def test_hard_negative_mining_takes_one_negative_per_positive():
     model = _model()
     batch = _batch(1)
     logits = np.zeros((1, 2124, 11))
-    _, classes = box_ops.match(batch["boxes"][0], batch["labels"][0], model.priors[...], 0.5, 10)
+    match = jax.jit(box_ops.match, static_argnums=(3, 4))
+    _, classes = match(batch["boxes"][0], batch["labels"][0], model.priors[...], 0.5, 10)
     negatives = np.flatnonzero(np.asarray(classes) == ssd.BACKGROUND)
     n_pos = 2124 - len(negatives)
     # Make 3·n_pos negatives confidently wrong; only n_pos of them may count.
     logits[0, negatives[: 3 * n_pos], 0] = 20.0
     with float64():
         model_to_float64(model)
-        class_loss = model.loss_terms(
-            np.zeros((1, 2124, 4)), logits, batch["boxes"].astype(np.float64), batch["labels"]
+        class_loss = _loss_terms(
+            model,
+            np.zeros((1, 2124, 4)),
+            logits,
+            batch["boxes"].astype(np.float64),
+            batch["labels"],
         )["class_loss"]
         class_loss = np.asarray(class_loss)
     ce_wrong = 20.0 + np.log(1 + 10 * np.exp(-20.0))
@@ -161,16 +175,17 @@ def test_hard_negative_mining_takes_one_negative_per_positive():
 
 def test_predict_returns_fixed_size_per_class_detections():
     model = _model()  # In training mode: predict must use the BatchNorm statistics anyway.
-    detections = ssd.predict(model, _batch(2), 0)
+    predict = nnx.jit(ssd.predict)
+    detections = predict(model, _batch(2), 0)
     model.eval()
-    eval_mode = ssd.predict(model, _batch(2), 0)
+    eval_mode = predict(model, _batch(2), 0)
     for name in detections:
         np.testing.assert_array_equal(detections[name], eval_mode[name])
     k = 10 * model.max_detections_per_class
     assert detections["boxes"].shape == (2, k, 4)
     assert detections["scores"].shape == detections["labels"].shape == (2, k)
     assert detections["valid"].dtype == jnp.bool_
-    outputs = jax.device_get(ssd.image_summaries(model, _batch(2), None, 0))
+    outputs = jax.device_get(nnx.jit(ssd.image_summaries)(model, _batch(2), None, 0))
     grids = ssd.draw_summaries(outputs)
     assert grids["detections"].shape == (1, 2, 128, 128, 3)  # The 2 scenes, ×4, one row.
 
@@ -233,10 +248,12 @@ def test_a_scene_without_objects_has_a_finite_loss():
     model = _model()
     batch = _batch(2)
     batch["labels"][1] = -1  # The second scene is empty.
-    offsets, logits = model(batch["image"])
-    terms = model.loss_terms(offsets, logits, batch["boxes"], batch["labels"])
+    offsets, logits = _forward(model, batch["image"])
+    terms = _loss_terms(model, offsets, logits, batch["boxes"], batch["labels"])
     assert all(np.isfinite(float(v)) for v in terms.values())
-    grads = jax.grad(
-        lambda o: model.loss_terms(o, logits, batch["boxes"], batch["labels"])["loss"]
-    )(offsets)
+    grads = nnx.jit(
+        lambda model, o: jax.grad(
+            lambda o: model.loss_terms(o, logits, batch["boxes"], batch["labels"])["loss"]
+        )(o)
+    )(model, offsets)
     assert np.isfinite(np.asarray(grads)).all()

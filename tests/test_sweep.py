@@ -2,12 +2,10 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, load_config
+from helpers import load_config, run_module
 
 from jvision import sweep
 
@@ -31,13 +29,7 @@ def test_with_seed_sets_the_seed_and_fills_templates():
 
 
 def _sweep(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "jvision.sweep", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("jvision.sweep", *args, timeout=600)
 
 
 def test_sweep_trains_each_seed_once_and_aggregates(tmp_path, trained):
