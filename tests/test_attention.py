@@ -17,6 +17,7 @@ Both are ≥ 10⁹ below what a real mistake shows (a swapped axis, γ multiplie
 a 0- instead of 1-based grid move entries by O(1) of the map's largest).
 """
 
+import jax
 import numpy as np
 import pytest
 from helpers import float64
@@ -54,11 +55,14 @@ def test_read_and_write_match_numpy(n, height, width):
     images = rng.random((batch, height, width, 2))
     patch = rng.normal(size=(batch, n, n, 2))
 
-    with float64():
+    def read_and_write(raw, images, patch):
         window = attention.window_from_raw(raw, height, width, n)
         f_y, f_x = attention.filterbanks(window, n, height, width)
         glimpse = attention.read_glimpse(images, f_y, f_x, window.intensity)
-        written = attention.write_patch(patch, f_y, f_x, window.intensity)
+        return f_y, f_x, glimpse, attention.write_patch(patch, f_y, f_x, window.intensity)
+
+    with float64():
+        f_y, f_x, glimpse, written = jax.jit(read_and_write)(raw, images, patch)
         # As NumPy: outside `float64()` a JAX operation on float64 arrays runs in float32.
         f_y, f_x, glimpse, written = map(np.asarray, (f_y, f_x, glimpse, written))
     assert glimpse.dtype == written.dtype == np.float64
