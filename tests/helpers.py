@@ -165,15 +165,15 @@ def model_to_float64(model) -> None:
     nnx.update(model, to_float64(nnx.state(model)))
 
 
-def built(build, model_config, seed: int = 0):
-    """`build(model_config, nnx.Rngs(seed))`, initialised in one jitted program. Eagerly, each
-    initializer and each of its operations compiles a program of its own: 100 to 200 per model,
-    seconds in all, most of some test modules' time."""
+def built(build, model_config):
+    """`build(model_config, nnx.Rngs(0))`, initialised in one jitted program (the same values).
+    Eagerly, each initializer and each of its operations compiles a program of its own: 100 to
+    200 per model, seconds in all, most of some test modules' time."""
     import jax
     from flax import nnx
 
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(model_config, nnx.Rngs(seed))))
-    state = jax.jit(lambda: nnx.state(build(model_config, nnx.Rngs(seed))))()
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(model_config, nnx.Rngs(0))))
+    state = jax.jit(lambda: nnx.state(build(model_config, nnx.Rngs(0))))()
     return nnx.merge(graphdef, state)
 
 

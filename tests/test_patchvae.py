@@ -83,9 +83,8 @@ def test_trunk_and_decoder_shapes_for_every_scale(scale):
     def outputs():  # Shapes only: traced, never compiled.
         trunk = _resnet.ResNetTrunk(3, scale, rngs=nnx.Rngs(0))
         decoder = patchvae.PyramidDecoder(10, 3, 8, scale, rngs=nnx.Rngs(0))
-        return trunk(jnp.zeros((2, 64, 64, 3))), decoder(
-            jnp.zeros((2, 64 // scale, 64 // scale, 10))
-        )
+        features = trunk(jnp.zeros((2, 64, 64, 3)))
+        return features, decoder(jnp.zeros((2, 64 // scale, 64 // scale, 10)))
 
     features, decoded = jax.eval_shape(outputs)
     assert features.shape == (2, 64 // scale, 64 // scale, 16 * scale)

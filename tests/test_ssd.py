@@ -24,6 +24,12 @@ def _loss_terms(model, offsets, logits, boxes, labels):
     return model.loss_terms(offsets, logits, boxes, labels)
 
 
+@nnx.jit
+def _loss_gradient(model, offsets, logits, boxes, labels):
+    """The gradient of the loss with respect to the box offsets."""
+    return jax.grad(lambda o: model.loss_terms(o, logits, boxes, labels)["loss"])(offsets)
+
+
 def _batch(batch=2):
     rng = np.random.default_rng(0)
     gt_boxes = np.zeros((batch, 4, 4), np.float32)
@@ -251,9 +257,5 @@ def test_a_scene_without_objects_has_a_finite_loss():
     offsets, logits = _forward(model, batch["image"])
     terms = _loss_terms(model, offsets, logits, batch["boxes"], batch["labels"])
     assert all(np.isfinite(float(v)) for v in terms.values())
-    grads = nnx.jit(
-        lambda model, o: jax.grad(
-            lambda o: model.loss_terms(o, logits, batch["boxes"], batch["labels"])["loss"]
-        )(o)
-    )(model, offsets)
+    grads = _loss_gradient(model, offsets, logits, batch["boxes"], batch["labels"])
     assert np.isfinite(np.asarray(grads)).all()
