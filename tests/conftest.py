@@ -12,11 +12,18 @@ import shutil
 import tempfile
 import uuid
 
-# One directory for the whole test run: xdist's workers inherit the variable from the process
-# that starts them, which removes the directory at the end.
+# One directory for the whole test run: xdist's workers inherit the variables from the process
+# that starts them, which removes the directory at the end. pytest keeps `tmp_path` where it
+# always does (PYTEST_DEBUG_TEMPROOT), so a failed test's files stay for inspection.
 _RUN = os.environ.setdefault("JVISION_TEST_RUN", uuid.uuid4().hex[:12])
-SHARED = pathlib.Path(tempfile.gettempdir()) / f"jvision_tests_{_RUN}"
-SHARED.mkdir(exist_ok=True)
+_TEMP = os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+SHARED = pathlib.Path(_TEMP) / f"jvision_tests_{_RUN}"
+(SHARED / "tmp").mkdir(parents=True, exist_ok=True)
+# Every other temporary file of the run, in every process, goes there too: TFDS leaves an empty
+# `tmp…tfds` directory behind each time it opens a dataset that is not prepared yet (its
+# `DatasetInfo.initialize_from_bucket`), a few hundred a day in the system's /tmp otherwise.
+os.environ["TMPDIR"] = str(SHARED / "tmp")
+tempfile.tempdir = None  # Read TMPDIR again.
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

@@ -211,18 +211,16 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_no_lock_outlives_kill_9
     workdir = tmp_path / "run"
     first = _main(*LONG_RUN, f"--workdir={workdir}")
     _wait_for(workdir / "checkpoints" / "2", first)
-    second = _main(*LONG_RUN, f"--workdir={workdir}")
-    _, stderr = second.communicate(timeout=120)
-    errors = [line for line in stderr.splitlines() if line.startswith("jvision: error:")]
-    assert second.returncode == 1 and len(errors) == 1, stderr[-3000:]
+    second = run_main(*LONG_RUN, f"--workdir={workdir}")
+    errors = [line for line in second.stderr.splitlines() if line.startswith("jvision: error:")]
+    assert second.returncode == 1 and len(errors) == 1, second.stderr[-3000:]
     assert f"is in use by another run (pid {first.pid} on " in errors[0]
     first.kill()  # kill -9: the OS drops the lock.
     first.wait()
-    third = _main(
+    third = run_main(
         "--config=configs/vae_mnist.py:tiny", "--config.total_steps=2", f"--workdir={workdir}"
     )
-    _, stderr = third.communicate(timeout=240)
-    assert third.returncode == 0, stderr[-3000:]
+    assert third.returncode == 0, third.stderr[-3000:]
     assert not (workdir / ".jvision_lock.json").exists()
 
 
