@@ -98,11 +98,11 @@ def _wait(processes, timeout: float) -> list[int]:
 
 # Tolerance: the gradient is summed across processes in another order than within one, so the
 # runs differ by float rounding (1.2e-7 in the parameters after 60 steps, measured), and training
-# amplifies such differences slowly (3.5e-5 after 200 steps); this test trains 24. SGD rather than the config's Adam:
-# Adam divides each gradient by its own running scale, so a gradient that is zero in exact
-# arithmetic (here the conv biases that BatchNorm cancels) becomes a full ±lr step whose sign is
-# float noise; with Adam the two runs' BatchNorm-cancelled biases differ by several lr after 4
-# steps while every other parameter agrees to 3e-7 (measured).
+# amplifies such differences slowly (3.5e-5 after 200 steps); this test trains 24 steps. SGD
+# rather than the config's Adam: Adam divides each gradient by its own running scale, so a
+# gradient that is zero in exact arithmetic (here the conv biases that BatchNorm cancels) becomes
+# a full ±lr step whose sign is float noise; with Adam the two runs' BatchNorm-cancelled biases
+# differ by several lr after 4 steps while every other parameter agrees to 3e-7 (measured).
 STEPS, EVERY = 24, 6
 COMMON = [
     "--config=configs/vae_mnist.py:tiny",
