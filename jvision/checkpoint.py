@@ -98,6 +98,21 @@ def write_each_array_whole_in_one_process() -> None:
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager without its own preemption checks. Orbax asks JAX whether the preemption
+    sync point is reached from `save` and again from its finalize thread, with the step being
+    saved. JAX's protocol takes each call's step as the process's position (at a notice it
+    publishes the last one, and every process stops at the largest published step + 1, on an
+    exact match): a late call from that thread with an older step can make one process publish
+    a step it has passed, miss the agreed stop and train on while the others wait for it at the
+    save's barrier; the run hangs. Only the training loop asks, from the main thread, once per
+    step (`preemption.StopRequests`)."""
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 class Checkpoints:
     """A thin layer over `ocp.CheckpointManager` in `<workdir>/checkpoints`, with integrity."""
 
@@ -107,7 +122,7 @@ class Checkpoints:
         self._pending_step: int | None = None  # The step being saved, until it is sealed.
         remove_unfinished_saves(self.directory)
         write_each_array_whole_in_one_process()
-        self.manager = ocp.CheckpointManager(
+        self.manager = _Manager(
             directory(workdir_lib.without_glob_characters(workdir)),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,

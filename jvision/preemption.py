@@ -10,7 +10,9 @@ workdir then resumes from its last complete checkpoint.
 With several processes (`jax.distributed`) they must stop at the same step. JAX's preemption
 service (on by default) catches SIGTERM, tells every process, and makes
 `multihost_utils.reached_preemption_sync_point(step)` true on all of them at the same step; a
-SIGINT is forwarded to it as a SIGTERM. With one process a signal flag does the same.
+SIGINT is forwarded to it as a SIGTERM. That holds only if each process asks from one place, once
+per step: the training loop does, and Orbax's own checks are off (`checkpoint._Manager`). With
+one process a signal flag does the same.
 
 Before the loop (imports, data preparation, the model's compilation, the restore) and after it,
 nothing of the run is being written, so a signal there ends the process at once: the first thing

@@ -1,13 +1,20 @@
 """The checkpoint writer's own settings (resume, damage and sealing run end to end in test_train,
 test_hardening and test_cloud_storage)."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+from helpers import load_config
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jvision import checkpoint
+from jvision.data import pipeline
 
 
 def test_one_process_writes_each_array_whole_with_orbax_metadata_kept(tmp_path):
@@ -35,3 +42,26 @@ def test_one_process_writes_each_array_whole_with_orbax_metadata_kept(tmp_path):
     assert jnp.issubdtype(back["key"].dtype, jax.dtypes.prng_key)
     key_data = jax.random.key_data
     np.testing.assert_array_equal(key_data(back["key"]), key_data(tree["key"]))
+
+
+def test_saving_never_asks_for_the_preemption_sync_point(tmp_path, monkeypatch):
+    """Orbax asks it from `save` and from its finalize thread with the saved step, which moves
+    the process's position in JAX's sync protocol and can make one process miss the agreed stop
+    (a rare hang of the 2-process test). Only the training loop may ask."""
+    asked = []
+
+    def record(step):
+        asked.append((threading.current_thread().name, step))
+        return False
+
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", record)
+    config = load_config("vae_mnist", "tiny")
+    data, _ = pipeline.train_data(config)
+    state = nnx.State({"model": {"w": jnp.ones(3)}, "opt": {"count": jnp.zeros((), jnp.int32)}})
+    ckpts = checkpoint.Checkpoints(epath.Path(tmp_path), keep=2)
+    for step in (1, 2):
+        ckpts.save(step, state, data, config)
+    ckpts.wait()
+    ckpts.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+    assert asked == []
