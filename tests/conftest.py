@@ -63,9 +63,9 @@ def eight_devices():
     assert jax.device_count() == 8, "tests expect 8 simulated devices; XLA_FLAGS was set too late"
 
 
-# How many generated scenes `mnist_detection` holds in this test run, prepared by whichever
-# process needs it first (the tests read at most 64 train and 50 test scenes): the product's
-# 16,000 + 2,500 took 14 s of the suite's CPU to generate and encode, for nothing.
+# How many generated scenes `mnist_detection` holds in this test run (the tests read at most 64
+# train and 50 test scenes): the product's 16,000 + 2,500 took 14 s of the suite's CPU to
+# generate and encode, for nothing.
 TEST_SCENES = {"train": 400, "test": 100}
 
 
