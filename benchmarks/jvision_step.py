@@ -35,9 +35,9 @@ class CompiledStep:
 
 
 def compile_step(config) -> CompiledStep:
-    family = models.get(config.model.name)
+    family = models.get(config.model)
     mesh = sharding.make_mesh(config.mesh)
-    data = pipeline.train_input(config, models.bind(family.train_examples, config.model), mesh)
+    data = pipeline.training_input(config, family.train_examples, mesh)
     inputs = next(data.batches)
     batch = sharding.global_batch(mesh, inputs)
     host_batch = inputs  # On the device, the batch the step makes from those indices:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.extras import EXTRAS
 from benchmarks.machine import ThreadMeter
 from benchmarks.measure import cost_flops, first_line, torch_step_peak_bytes, xla_memory_bytes
+from jvision import config_files
 
 if TYPE_CHECKING:
     import torch
@@ -60,12 +61,11 @@ class Args:
 
 def load_config(spec: str) -> Any:
     """`name[:arg]` (configs/name.py) or `path.py[:arg]`: the config's `get_config(arg)`."""
-    from jvision import config_lib
 
     path, _, arg = spec.partition(":")
     if not path.endswith(".py"):
         path = os.path.join(CONFIGS_DIR, f"{path}.py")
-    module = config_lib.load_config_module(path)
+    module = config_files.load_config_module(path)
     return module.get_config(arg or None)
 
 

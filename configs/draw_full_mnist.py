@@ -20,9 +20,9 @@ Result: docs/results.md (Full MNIST, beside the papers).
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-draw_mnist_clip = config_lib.load_config_module(
+draw_mnist_clip = config_files.load_config_module(
     os.path.join(os.path.dirname(__file__), "draw_mnist_clip.py")
 )
 

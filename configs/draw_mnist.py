@@ -9,22 +9,17 @@ Command:
     python -m jvision.main --config=configs/draw_mnist.py --workdir=workdirs/draw_mnist
 
 Variants: `--config.model.use_attention=False` (read the whole image, write the whole canvas);
-`configs/draw_mnist_small.py` (pytlib-sized). Full MNIST: `--config.data.name=mnist` (prepare it
-first), or the fixed binarization `--config.data.name=binarized_mnist --config.data.binarize=none`.
-Result (2026-11-22, 2-core CPU, 9 min 36 s wall): test/nelbo_nats = 126.20 after 2,000 steps of
-batch 64 (101.26 reconstruction + 24.95 KL), still falling fast: the read window starts spread over
-the image borders (δ̃ = 1 at initialisation) and takes ~1,000 steps to find the digits. Raise
-`total_steps` for the paper's regime: on an NVIDIA H100 (`experiments/claims.sh draw ROOT 26000`)
-test/nelbo_nats reached 95.72 at 12,000 steps and 97.73 at 17,530 (without attention: 98.33 at
-26,000). Train step 257-280 ms on 2026-11-22 (the host's speed drifts), compile 3.5 s
-(`python benchmarks/step_time.py --config=configs/draw_mnist.py`); 157.7 ms in
-`python benchmarks/compare.py` on 2026-11-23 (README, Speed).
+`configs/draw_mnist_small.py` (pytlib-sized); `configs/draw_mnist_clip.py` (gradient clipping,
+longer); `configs/draw_full_mnist.py` (full MNIST, the paper's data). The 2,000 steps here are a
+CPU-sized start: the read window begins spread over the image borders (δ̃ = 1 at initialisation)
+and takes ~1,000 steps to find the digits; raise `total_steps` for the paper's regime.
 
 Speed option: `--config.model.dtype=bfloat16` rounds the dense layers' matmul operands to
 bfloat16 (float32 accumulation and results, forward and backward; `jvision/ops/precision.py`),
-what a TPU does by default: 269 ms per step where float32 took 280 ms (2026-11-22, back to back,
-on this project's AMD EPYC: AVX512-BF16, no AMX; measured under its earlier name,
-`model.matmul_dtype`).
+what a TPU does by default.
+
+Results: docs/results.md (the quick start; "Do the papers' claims hold on the embedded digits?");
+step times: docs/speed.md.
 """
 
 from jvision import config_lib

@@ -12,19 +12,16 @@ the norms of a 400-step run (150-310), not tuned.
 Command:
     python -m jvision.main --config=configs/draw_mnist_clip.py --workdir=workdirs/draw_mnist_clip
 
-Result (2026-11-23, NVIDIA H100, 3 min 50 s wall; measured as `configs/draw_mnist.py` with this
-file's settings as `--config.` overrides, before this file existed; on the 2-core CPU, ~160 ms per
-step, it would take about an hour, not measured): test/nelbo_nats 89.86 after 20,000 steps (60.50
-reconstruction + 29.36 KL), falling at every evaluation (94.97 at 10,000, 93.13 at 12,000, 90.80 at
-16,000). Seed 1 (`--config.seed=1`): 90.23 (90.04 at 18,000). Without attention
-(`--config.model.use_attention=False`), same clip: 98.98.
+Results: docs/results.md ("With gradient clipping"), with and without attention, two seeds.
 """
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-draw_mnist = config_lib.load_config_module(os.path.join(os.path.dirname(__file__), "draw_mnist.py"))
+draw_mnist = config_files.load_config_module(
+    os.path.join(os.path.dirname(__file__), "draw_mnist.py")
+)
 
 
 def get_config(arg: str | None = None):

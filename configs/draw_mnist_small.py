@@ -8,16 +8,16 @@ per-pixel mean with the KL divided by T, on grayscale augmented digits).
 Command:
     python -m jvision.main --config=configs/draw_mnist_small.py --workdir=workdirs/draw_mnist_small
 
-Result (2026-11-22, 2-core CPU, 1 min 59 s wall): test/nelbo_nats = 114.91 after 5,000 steps of
-batch 32 (90.71 reconstruction + 24.21 KL). 17 ms per train step then; 8.10 ms in
-`python benchmarks/compare.py` on 2026-11-23 (README, Speed).
+Result: docs/results.md (the quick start); step times: docs/speed.md.
 """
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-draw_mnist = config_lib.load_config_module(os.path.join(os.path.dirname(__file__), "draw_mnist.py"))
+draw_mnist = config_files.load_config_module(
+    os.path.join(os.path.dirname(__file__), "draw_mnist.py")
+)
 
 
 def get_config(arg: str | None = None):

@@ -16,9 +16,9 @@ Not run here: this project's machines have no copy of KITTI (the tests run it on
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-mnist = config_lib.load_config_module(
+mnist = config_files.load_config_module(
     os.path.join(os.path.dirname(__file__), "encoding_detector_mnist.py")
 )
 

@@ -1,6 +1,7 @@
 """pytlib's encoding detector on MNIST scenes: every digit class is a class (offline default).
 
-Training triplets come from the `mnist_detection` train scenes (`jvision/data/triplets.py`): a
+Training triplets come from the `mnist_detection` train scenes
+(`jvision/models/encoding_detector/triplets.py`): a
 positive search window of 46 scene pixels centred on a digit, an exemplar window of 23 px centred
 on a digit of the same class in another scene, and a negative 46 px window centred on a digit of
 another class (touching none of the exemplar's class); targets mark the response cells whose
@@ -21,13 +22,11 @@ responses, negatives centred on other classes (pytlib: uniform windows), Adam 1e
 Command:
     python -m jvision.main --config=configs/encoding_detector_mnist.py --workdir=workdirs/encoding_detector_mnist
 
-Result (2026-11-23): on the 2-core CPU, test/mAP 0.4329 after 6,000 steps in 12 min 54 s wall
-(8 steps/s; 0.180 / 0.352 at 2,000 / 4,000: a short schedule, still rising); AP 0: 0.471,
-1: 0.551, 2: 0.329, 3: 0.376, 4: 0.515, 5: 0.335, 6: 0.506, 7: 0.455, 8: 0.392, 9: 0.400. On an
-NVIDIA H100, seeds 0, 1, 2: 0.4506, 0.3785, 0.4526 (0.427 ± 0.042). Converged (H100, 6 min 5 s,
-`--config.total_steps=50000 --config.eval_every_steps=10000 --config.ckpt_every_steps=10000
---config.data.num_workers=12`): 0.7720 (0.771 at 40k). The SSD reaches 0.90 on the same
-scenes (README).
+The 6,000 steps are a short schedule, still rising at its end; a converged run takes
+`--config.total_steps=50000 --config.eval_every_steps=10000 --config.ckpt_every_steps=10000`.
+
+Results: docs/results.md ("The encoding detector beside the SSD"; full-MNIST scenes: "Full MNIST,
+beside the papers").
 """
 
 from jvision import config_lib

@@ -12,9 +12,9 @@ internet). Command:
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-patchvae_mnist = config_lib.load_config_module(
+patchvae_mnist = config_files.load_config_module(
     os.path.join(os.path.dirname(__file__), "patchvae_mnist.py")
 )
 

@@ -10,12 +10,8 @@ Adam (lr 1e-4, β1 0.5). The paper's sizes are in `configs/patchvae_cifar100.py`
 Command:
     python -m jvision.main --config=configs/patchvae_mnist.py --workdir=workdirs/patchvae_mnist
 
-Result (2026-11-22, 2-core CPU shared with another run): after 2,000 steps, test recon 159.2,
-KL_app 17.4, KL_occ 38.5 (6 min 29 s); the VAE baseline: recon 51.9, KL 33.4 (6 min 0 s).
-Transfer top-1 (configs/transfer_mnist.py): PatchVAE 97.3 %, VAE 97.4 %, random init 96.1 %.
-With 10,000 steps and 3 seeds (NVIDIA H100, `experiments/claims.sh transfer ROOT 10000`): test
-loss 262.1 ± 6.5 (KL_occ 6.8: the parts switch off), VAE 70.0 ± 0.4; transfer top-1 PatchVAE
-93.9 ± 0.9 %, VAE 97.6 ± 0.1 %, random 95.9 ± 0.3 % (README: "Do the papers' claims hold here?").
+Results: docs/results.md ("PatchVAE vs VAE vs random init, with seeds"; full MNIST: "PatchVAE vs
+VAE vs a random encoder, transfer on full MNIST").
 """
 
 from jvision import config_lib

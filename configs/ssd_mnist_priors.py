@@ -6,22 +6,20 @@ match ground truth boxes more easily (detecting "1")"), measured: with its scale
 px, and 30% of the thin "1"s in the train scenes have no prior with IoU ≥ 0.5 (1-3% for the
 other digits). Scales (0.25, 0.4, 0.65, 0.9) (8, 13, 21, 29 px), with the same aspect ratios and
 the same 2,124 priors, leave 4% of the "1"s and at most 4% of any digit without one (measured on
-a quarter of the train scenes; the search over scales and ratio sets is in the README). Everything
+a quarter of the train scenes; the search over scales and ratio sets is in docs/results.md). Everything
 else is `configs/ssd_mnist_short.py` (the tutorial's model, loss and optimizer, 10 epochs).
 
 Command:
     python -m jvision.main --config=configs/ssd_mnist_priors.py --workdir=workdirs/ssd_mnist_priors
 
-Result (2026-11-22, 2-core CPU, 3 min 25 s wall): test/mAP 0.9043, AP("1") 0.886 (0.9019 and
-0.882 after 5 epochs); AP 0-9: .908 .886 .907 .908 .908 .907 .908 .904 .908 .898. With the
-tutorial's priors the same schedule gives 0.8953 and AP("1") 0.793 (`ssd_mnist_short.py`).
+Result: docs/results.md ('The "1", fixed'; full-MNIST scenes: "Full MNIST, beside the papers").
 """
 
 import os
 
-from jvision import config_lib
+from jvision import config_files
 
-ssd_mnist_short = config_lib.load_config_module(
+ssd_mnist_short = config_files.load_config_module(
     os.path.join(os.path.dirname(__file__), "ssd_mnist_short.py")
 )
 

@@ -10,9 +10,9 @@ Needs TFDS `cifar100`. Command (after configs/patchvae_cifar100.py):
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-transfer_mnist = config_lib.load_config_module(
+transfer_mnist = config_files.load_config_module(
     os.path.join(os.path.dirname(__file__), "transfer_mnist.py")
 )
 STEPS_PER_EPOCH = 50_000 // 256

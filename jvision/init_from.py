@@ -14,8 +14,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jvision import checkpoint, checkpoint_reader
+from jvision import config_saved
 from jvision.errors import UserError
+from jvision.safety import reader
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def apply(
     target_path = init.target or init.source
     where = f"init_from.workdir {init.workdir}"
     try:
-        saved, meta = checkpoint_reader.load_model(init.workdir, init.get("step"))
+        saved, meta = reader.read_arrays(init.workdir, init.get("step"))
     except UserError as error:
         raise UserError(f"{where}: {error}") from error
     current = nnx.to_pure_dict(model_state)
@@ -78,7 +79,7 @@ def apply(
     if mismatch:
         saved_model, this_model = (
             meta["config"]["model"],
-            checkpoint.as_json(model_config.to_dict()),
+            config_saved.as_json(model_config.to_dict()),
         )
         shared = sorted(
             k

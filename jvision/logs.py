@@ -16,6 +16,10 @@ import sys
 import threading
 import time
 
+from absl import logging as absl_logging
+
+from jvision.safety.failures import storage_failure
+
 NAME = "jvision"
 
 
@@ -30,8 +34,6 @@ class _NotStorageFailures(logging.Filter):
     the command reports it once, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from jvision.errors import storage_failure
-
         error = record.exc_info[1] if record.exc_info else None
         if error is not None and storage_failure(error):
             return False
@@ -41,8 +43,6 @@ class _NotStorageFailures(logging.Filter):
 def configure(verbosity: int | None = None) -> None:
     """Sets up a command's output (see the module doc); `verbosity` is absl's, None when the
     command line did not give one."""
-    from absl import logging as absl_logging
-
     own = logging.getLogger(NAME)
     own.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
@@ -58,8 +58,6 @@ def configure(verbosity: int | None = None) -> None:
     previous_hook = threading.excepthook
 
     def thread_errors(arguments) -> None:  # Orbax's background threads, on a failing storage.
-        from jvision.errors import storage_failure
-
         if arguments.exc_value is None or not storage_failure(arguments.exc_value):
             previous_hook(arguments)
 

@@ -7,14 +7,9 @@ still starting. Several processes: `--distributed` (Cloud TPU, Slurm, GKE) or th
 `--coordinator_address`, `--num_processes`, `--process_id`. The work is in `jvision.train`.
 """
 
-from jvision import preemption
+from absl import app
 
-if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
-    preemption.stop_while_starting()
-
-from absl import app  # noqa: E402
-
-from jvision import cli  # noqa: E402
+from jvision import cli
 
 _FLAGS = cli.RunFlags("Directory for checkpoints, logs and results.")
 
@@ -24,10 +19,8 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def work():
-        cli.configure_logs()
-        cli.hide_tensorflow_from_accelerators()
-        cli.initialize_processes()
-        from jvision import train
+        cli.start(processes=True)
+        from jvision import train  # After the flags: bad input is refused before its imports.
 
         train.train_and_evaluate(_FLAGS.config, _FLAGS.workdir)
 

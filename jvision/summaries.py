@@ -3,7 +3,7 @@
 A family's `image_summaries` computes numbers inside jit (images, boxes, scores); its
 `draw_summaries` turns them into grids `[rows, columns, H, W, C]` of floats in [0, 1] with the
 helpers here (rectangles, digit glyphs, detections); `image_grid` tiles a grid into one picture.
-`jvision.evaluation.Pictures` runs both for a model state. Nothing here imports JAX.
+`jvision.pictures.Pictures` runs both for a model state. Nothing here imports JAX.
 """
 
 import numpy as np

@@ -14,14 +14,12 @@ the pretraining run of the same seed. `--aggregate_only` only aggregates existin
 import math
 import sys
 
-from jvision import preemption
+import ml_collections
+from absl import app, flags
 
-if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
-    preemption.stop_while_starting()
-
-from absl import app, flags  # noqa: E402
-
-from jvision import cli  # noqa: E402
+from jvision import cli
+from jvision.errors import UserError
+from jvision.safety import files
 
 _FLAGS = cli.RunFlags("Root directory: one seed_<s>/ per seed.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
@@ -36,7 +34,6 @@ def seed_workdir(root, seed: int):
 
 def with_seed(config, seed: int):
     """A copy of `config` for one seed: `seed` set, `{seed}` in string values replaced."""
-    import ml_collections
 
     def fill(node):
         for key, value in node.items():
@@ -76,28 +73,26 @@ def table(summary: dict[str, dict]) -> str:
 
 def run(config, root, seeds: list[int], train: bool = True) -> dict[str, dict]:
     """Trains (unless `train` is False) and aggregates; writes `root/sweep.json`."""
-    import jax
+    import jax  # Here: bad input is refused before the trainer's seconds of imports.
 
     from jvision import train as trainer
-    from jvision import workdir as workdir_lib
-    from jvision.errors import UserError
 
     results = {}
     for seed in seeds:
         workdir = seed_workdir(root, seed)
-        done = workdir_lib.finished_step(workdir) == config.total_steps
+        done = files.finished_step(workdir) == config.total_steps
         if train and not done:
             print(f"jvision.sweep: seed {seed}: training in {workdir}", file=sys.stderr)
             trainer.train_and_evaluate(with_seed(config, seed), str(workdir))
         elif train:
             print(f"jvision.sweep: seed {seed}: finished, reusing {workdir}", file=sys.stderr)
-        if workdir_lib.finished_step(workdir) is not None:
-            results[seed] = workdir_lib.read_json(workdir / workdir_lib.RESULTS_FILE)
+        if files.finished_step(workdir) is not None:
+            results[seed] = files.read_json(workdir / files.RESULTS_FILE)
     if not results:
         raise UserError(f"no results.json under {root}/seed_*; run the sweep first")
     summary = aggregate(results)
     if jax.process_index() == 0:
-        workdir_lib.write_json(root / "sweep.json", {"seeds": sorted(results), "metrics": summary})
+        files.write_json(root / "sweep.json", {"seeds": sorted(results), "metrics": summary})
     return summary
 
 
@@ -108,12 +103,8 @@ def main(argv: list[str]) -> None:
         seeds = [int(s) for s in _SEEDS.value]
     except ValueError:
         cli.fail(f"--seeds={','.join(_SEEDS.value)}: give comma-separated integers")
-    cli.configure_logs()
-    cli.hide_tensorflow_from_accelerators()
-    cli.initialize_processes()
-    from jvision import workdir as workdir_lib
-
-    root = workdir_lib.path(_FLAGS.workdir)
+    cli.start(processes=True)
+    root = files.path(_FLAGS.workdir)
 
     def work():
         summary = run(_FLAGS.config, root, seeds, train=not _AGGREGATE_ONLY.value)

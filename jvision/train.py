@@ -4,12 +4,14 @@
 
 Read top to bottom: checks → mesh → data → model and optimizer → steps → restore (or initialise
 from another run) → loop (train → log → save → evaluate) → final evaluation → its checkpoint →
-results. The trainer knows model families only through the contract of `jvision.models` and
-evaluations only through `jvision.evaluation`.
+results. The trainer knows model families only through the contract of `jvision.models`, and
+metrics only through `jvision.metrics`.
 
 The training state is named: `{"model": the model's variables, "opt": the optimizer's state}`,
-created directly in its shardings (`jvision.sharding`). SIGTERM/SIGINT stop the loop at a step
-boundary after a checkpoint (`jvision.preemption`).
+created directly in its shardings (`jvision.sharding`). What a run guarantees (one writer,
+checksummed checkpoints, stops at a step boundary with a checkpoint, nothing half-written) comes
+through one door, `jvision.safety.rundir.RunDir`; which checkpoint a run may resume from (the
+same model) is decided here.
 """
 
 import dataclasses
@@ -27,21 +29,23 @@ from clu import parameter_overview
 from flax import nnx
 
 from jvision import (
-    checkpoint,
-    config_lib,
-    evaluation,
+    calibration,
+    config_checks,
+    config_overrides,
+    config_saved,
     init_from,
     logs,
+    metrics,
     models,
     optim,
-    preemption,
+    pictures,
     sharding,
     summaries,
     writers,
 )
-from jvision import workdir as workdir_lib
 from jvision.data import on_device, pipeline
-from jvision.errors import UserError, storage_failure
+from jvision.errors import UserError
+from jvision.safety import checkpoints, files, rundir
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +60,14 @@ def _metric_collection(names) -> type[clu_metrics.Collection]:
     return clu_metrics.Collection.create(**{n: clu_metrics.Average.from_output(n) for n in names})
 
 
-def _check_finite(values: dict[str, float], step: int, ckpts: checkpoint.Checkpoints) -> None:
+def _check_finite(values: dict[str, float], step: int, run: rundir.RunDir) -> None:
     bad = sorted(k for k, v in values.items() if not math.isfinite(v))
     if bad:
-        last = ckpts.latest_step()
+        last = run.latest_step()
         kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint"
         raise UserError(
             f"{', '.join(bad)} became non-finite by step {step}; nothing was saved after it "
-            f"({kept} in {ckpts.directory}); lower optimizer.learning_rate or check the data"
+            f"({kept} in {run.checkpoints_dir}); lower optimizer.learning_rate or check the data"
         )
 
 
@@ -84,7 +88,7 @@ def create_state(
     graphdefs = {}
 
     def build() -> dict:
-        model = family.build(config.model, nnx.Rngs(config.seed))
+        model = family.build(nnx.Rngs(config.seed))
         # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
         optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=family.trainable(model))
         nodes = {"model": model, "opt": optimizer}
@@ -139,6 +143,11 @@ def make_train_step(
         return family.train_loss(model, batch, key, jnp.int32(0))
 
     _, term_shapes = jax.eval_shape(loss_and_terms, layout.shapes["model"], data.spec, base_key)
+    if "loss" in term_shapes or "grad_norm" in term_shapes:
+        raise TypeError(
+            f"the {family.name} family's train_loss returns a term named 'loss' or 'grad_norm': "
+            "the trainer logs those itself (the loss is train_loss's first result)"
+        )
     # grad_norm: the global norm of the gradient before any clipping (`optimizer.clip_norm`).
     metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes, "grad_norm"]))
 
@@ -172,61 +181,88 @@ def make_train_step(
     return jitted, metrics_class
 
 
-def _open_workdir(workdir, config, state, train_data):
-    """Locks the workdir and restores its newest intact checkpoint (or initialises from
-    `config.init_from`), writing nothing else. Returns `(lock, checkpoints, state, step)`;
-    step 0 for a new run. On a refusal the lock is released and a workdir made here removed."""
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file, not a directory")
-    existed = workdir.exists()
-    lock = workdir_lib.Lock(workdir)
-    ckpts = None
-    try:
-        if jax.process_index() == 0:  # One lock per run: on process 0.
-            lock.acquire()
-        ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-        restored = ckpts.restore(state, train_data, config)
-        if restored is not None:
-            state, step = restored
-            log.info("workdir %s: resuming from step %d", workdir, step)
-            return lock, ckpts, state, step
-        if (workdir / workdir_lib.RESULTS_FILE).exists():
+def _resume_or_begin(run: rundir.RunDir, config, state: dict, train_data) -> tuple[dict, int]:
+    """The state to train from and its step: the newest intact checkpoint's, or a new run's
+    (step 0, initialised from `config.init_from` when it names a run). A checkpoint written for
+    another model is refused, naming the model keys that differ; other settings changed since
+    (more steps, another eval split) are allowed, and logged."""
+    intact = run.newest_intact()
+    if intact is None:
+        if (run.workdir / files.RESULTS_FILE).exists():
             raise UserError(
-                f"{workdir} has a {workdir_lib.RESULTS_FILE} but no checkpoints: a finished run "
+                f"{run.workdir} has a {files.RESULTS_FILE} but no checkpoints: a finished run "
                 "whose checkpoints were removed; use a new --workdir (or remove "
-                f"{workdir_lib.RESULTS_FILE} to train again here)"
+                f"{files.RESULTS_FILE} to train again here)"
             )
         if config.init_from.workdir:
             init_from.apply(state["model"], config.init_from, config.model)
-        log.info("workdir %s: a new run", workdir)
-        return lock, ckpts, state, 0
-    except BaseException:
-        if ckpts is not None:  # Orbax's background threads must end before the interpreter.
-            ckpts.close()
-        lock.release()
-        if not existed and workdir.exists() and not any(workdir.iterdir()):
-            workdir.rmdir()
-        raise
+        log.info("workdir %s: a new run", run.workdir)
+        return state, 0
+    # Keys added since the checkpoint was written take their defaults (`from_saved`).
+    saved = config_saved.as_json(config_saved.from_saved(intact.config).to_dict())
+    current = config_saved.as_json(config.to_dict())
+    changed = config_saved.model_differences(saved["model"], current["model"])
+    if changed:
+        raise UserError(
+            f"checkpoint {run.checkpoints_dir}/{intact.step} was written for a different model "
+            f"(model.{', model.'.join(changed)} differ); use a new --workdir or the config that "
+            "wrote it"
+        )
+    state = run.restore(intact.step, state, train_data)
+    if intact.skipped:
+        log.warning(
+            "resuming from step %d, the newest intact checkpoint; skipped damaged step(s) %s "
+            "(kept in %s)",
+            intact.step,
+            ", ".join(map(str, intact.skipped)),
+            run.workdir / checkpoints.DAMAGED_DIR,
+        )
+    changes = config_saved.settings_changes(saved, current)
+    if changes:
+        log.warning("resuming with settings changed since: %s", "; ".join(changes))
+    log.info("workdir %s: resuming from step %d", run.workdir, intact.step)
+    return state, intact.step
+
+
+class Evaluation:
+    """What the trainer does at an evaluation: the family's calibration, the configured metrics
+    (`jvision.metrics`), and pictures of the first `config.num_summary_images` examples of
+    `config.data.eval_split`."""
+
+    def __init__(self, family: models.Family, config, mesh, layout: StateLayout):
+        graphdef, shardings = layout.graphdefs["model"], layout.shardings["model"]
+        self.graphdef = graphdef
+        self.calibrate = calibration.calibrator(family, config, mesh, graphdef, shardings)
+        self.evaluators = metrics.build(family, config, mesh)
+        self.pictures = pictures.Pictures(family, mesh, config.seed, config.num_summary_images)
+        self.summary_batch = pipeline.first_batch(config, config.data.eval_split)
+
+    def __call__(self, model_state, step: int, final: bool):
+        """`(the calibrated model state, its metrics, its pictures as [1, H, W, C] uint8)`."""
+        model_state = self.calibrate(model_state, step)
+        results = metrics.run_all(self.evaluators, self.graphdef, model_state, step, final)
+        grids = self.pictures(self.graphdef, model_state, self.summary_batch, step)
+        return model_state, results, {k: summaries.image_grid(g) for k, g in grids.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir` (resuming from its newest intact checkpoint) and evaluates.
 
     Returns the final evaluation's metrics, which are also written to `workdir/results.json`.
-    Raises `preemption.Stopped` after saving a checkpoint when SIGTERM or SIGINT stop the run,
-    and `UserError` for bad input, before writing anything.
+    Raises `stops.Stopped` after saving a checkpoint when SIGTERM or SIGINT stop the run, and
+    `UserError` for bad input, before writing anything.
     """
     # ----------------------------------------------------------------------- checks
     started = time.monotonic()
-    config_lib.validate(config)
-    family = models.get(config.model.name)
+    config_checks.validate(config)
+    family = models.get(config.model)
     if not str(workdir).strip():
         raise UserError("the workdir is empty; give the run's directory")
     try:
-        workdir = workdir_lib.path(workdir)
+        workdir = files.path(workdir)
     except OSError as error:
         raise UserError(f"--workdir {workdir}: {error}") from error
-    is_chief = jax.process_index() == 0  # Only process 0 writes files other than checkpoints.
+    saved_config = config_saved.as_json(config.to_dict())
 
     # ----------------------------------------------------------------------- mesh & data
     mesh = sharding.make_mesh(config.mesh)
@@ -236,62 +272,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logs.count(jax.process_count(), "process"),
         " × ".join(f"{axis} {size}" for axis, size in mesh.shape.items()),
     )
-    data = pipeline.train_input(config, models.bind(family.train_examples, config.model), mesh)
+    data = pipeline.training_input(config, family.train_examples, mesh)
     train_data = data.batches
 
     # ----------------------------------------------------------------------- model & step
     layout, state = create_state(config, family, mesh)
     train_step, TrainMetrics = make_train_step(config, family, layout, mesh, data)
-    evaluate = evaluation.Evaluation(
-        family, config, mesh, layout.graphdefs["model"], layout.shardings["model"]
-    )
+    evaluate = Evaluation(family, config, mesh, layout)
 
     # ----------------------------------------------------------------------- restore
-    try:
-        lock, ckpts, state, step = _open_workdir(workdir, config, state, train_data)
-    except OSError as error:  # The workdir cannot be created or read.
-        raise UserError(f"--workdir {workdir}: {error.strerror or error}") from error
-    saved_step = step if step else None
-    # Signals stop the run at a step boundary, also while it cleans up (then a second Ctrl-C
-    # exits at once). At the end, also on errors: the checkpoint being written is finished or
-    # dropped, the logs flushed, the lock released, and the error that stopped the run reported.
-    with preemption.StopRequests() as stop, Closing(lock.release, ckpts.close) as closing:
-        # ----------------------------------------------------------------------- outputs
-        if is_chief:  # The run passed every check: now it may write.
-            lock.announce()
-            workdir_lib.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-        writer = writers.create(str(workdir), is_chief)
-        closing.add(writer.close)
+    with rundir.RunDir(workdir, config.keep_checkpoints) as run:
+        state, step = _resume_or_begin(run, config, state, train_data)
+        run.start(saved_config)  # The run passed every check: now it may write.
+        writer = writers.create(str(workdir), run.is_chief)
+        run.on_close(writer.close)
         if not step:
-            settings = config_lib.flatten(config.to_dict())
+            settings = config_overrides.flatten(config.to_dict())
             writer.write_hparams({k: v for k, v in settings.items() if _is_scalar(v)})
 
-        def evaluate_and_write(step: int, final: bool) -> tuple[dict[str, float], dict]:
-            """Evaluates (the model state takes its calibration) and writes the metrics and
-            pictures to TensorBoard. Returns the metrics and the pictures."""
-            state["model"], results, grids = evaluate(state["model"], step, final)
-            pictures = {name: summaries.image_grid(grid) for name, grid in grids.items()}
+        def evaluate_and_write(step: int, final: bool) -> tuple[dict, dict, dict]:
+            """`(the calibrated model state, metrics, pictures)` of an evaluation, written to
+            the log and TensorBoard."""
+            model_state, results, pictures = evaluate(state["model"], step, final)
             writer.write_scalars(step, results)
             writer.write_images(step, pictures)
             log.info("step %d, evaluation: %s", step, logs.metrics(results))
-            return results, pictures
+            return model_state, results, pictures
 
         # ----------------------------------------------------------------------- train loop
         total = config.total_steps
-        hooks = writers.hooks(config, str(workdir), writer, is_chief)
+        hooks = writers.hooks(config, str(workdir), writer, run.is_chief)
         replicated = sharding.replicated(mesh)
-        metrics = jax.device_put(TrainMetrics.empty(), replicated)
+        metrics_sum = jax.device_put(TrainMetrics.empty(), replicated)
         progress = logs.Progress(step, total)
         while True:
-            if stop.should_stop(step):  # Every process asks at every step.
-                if saved_step != step:
-                    ckpts.save(step, state, train_data, config)
-                ckpts.wait()
-                raise preemption.Stopped(step, stop.signal_name, str(ckpts.directory))
+            if run.stop_requested(step):  # Every process asks at every step.
+                run.stop(step, state, train_data, saved_config)
             if step >= total:
                 break
             inputs = sharding.global_batch(mesh, next(train_data))
-            state, metrics = train_step(state, metrics, data.arrays, inputs, jnp.int32(step))
+            state, metrics_sum = train_step(
+                state, metrics_sum, data.arrays, inputs, jnp.int32(step)
+            )
             step += 1
             for hook in hooks:
                 hook(step)
@@ -299,67 +321,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # The last step's checkpoint is saved after the final evaluation, below.
             save = step < total and itstime(step, config.ckpt_every_steps, total)
             if log_now or save:  # Never save a non-finite state.
-                values = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
-                _check_finite(values, step, ckpts)
+                values = {f"train/{k}": float(v) for k, v in metrics_sum.compute().items()}
+                _check_finite(values, step, run)
                 if log_now:
                     writer.write_scalars(step, values)
                     log.info(progress.line(step, values["train/loss"]))
-                    metrics = jax.device_put(TrainMetrics.empty(), replicated)
+                    metrics_sum = jax.device_put(TrainMetrics.empty(), replicated)
             if save:
-                ckpts.save(step, state, train_data, config)
-                saved_step = step
+                run.save(step, state, train_data, saved_config)
             if step < total and itstime(step, config.eval_every_steps, total):
-                evaluate_and_write(step, final=False)
+                state["model"], _, _ = evaluate_and_write(step, final=False)
 
         # ----------------------------------------------------------------------- final evaluation
-        results, pictures = evaluate_and_write(step, final=True)
-        if saved_step != step:  # The checkpoint the results are of (calibrated, if so).
-            ckpts.save(step, state, train_data, config)
-        ckpts.wait()  # Committed before anything claims it.
-        if is_chief:
-            images = workdir / workdir_lib.IMAGES_DIR
-            images.mkdir(parents=True, exist_ok=True)
-            for name, picture in pictures.items():
-                workdir_lib.save_png(images / f"{name}.png", picture[0])
-            workdir_lib.write_json(
-                workdir / workdir_lib.RESULTS_FILE, {"step": step, "metrics": results}
-            )
+        state["model"], results, pictures = evaluate_and_write(step, final=True)
+        # The checkpoint the results are of (calibrated, if so), then the results.
+        run.finish(step, state, train_data, saved_config, results, pictures)
     log.info(
         "done: step %d in %s; %s; results in %s",
         step,
         logs.duration(time.monotonic() - started),
         logs.metrics(results),
-        workdir / workdir_lib.RESULTS_FILE,
+        workdir / files.RESULTS_FILE,
     )
     return results
-
-
-class Closing:
-    """Calls its closers at exit, the last added first. An error while closing is logged, and
-    raised only when no other error is on its way out (it must not hide what stopped the run)."""
-
-    def __init__(self, *closers):
-        self._closers = list(closers)
-
-    def add(self, closer) -> None:
-        self._closers.append(closer)
-
-    def __enter__(self) -> "Closing":
-        return self
-
-    def __exit__(self, kind, error, traceback) -> None:
-        first = None
-        for closer in reversed(self._closers):
-            try:
-                closer()
-            except Exception as failure:
-                quiet = error is not None and storage_failure(failure)  # Said once, by the error.
-                (log.debug if quiet else log.warning)(
-                    "while closing the run: %s: %s", type(failure).__name__, failure
-                )
-                first = first or failure
-        if first is not None and error is None:
-            raise first
 
 
 def _is_scalar(value) -> bool:

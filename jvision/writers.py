@@ -1,31 +1,30 @@
-"""Where metrics, pictures and progress go: TensorBoard event files and the log.
+"""Where metrics, pictures and progress go: the log and TensorBoard event files.
 
-Events are written in TensorBoard's format by `EventFile`, without TensorFlow: a run imports
-neither TensorFlow nor CLU's writers (which need it), whether or not TensorFlow is installed, and
-so starts seconds sooner; GPU and TPU images without TensorFlow write the same files. Scalars are
-`simple_value` summaries, pictures PNG images, hyperparameters the hparams plugin's; progress
-(steps/s) comes from a small hook and profiling (`config.profile_steps`) from `jax.profiler`.
-
-`EventFile` never appends to an object in a bucket: objects there are written whole (TensorBoard's
-own TF-free writer appends, which gcsfs turns into an overwrite: each file kept its last record).
+A writer takes scalars, pictures and hyperparameters (`write_scalars`, `write_images`,
+`write_hparams`, then `flush` and `close`); `create` gives a run the ones it writes to, fanned out
+by `Writers`. TensorBoard's files are written without TensorFlow (`jvision.safety.events`): a run
+imports neither TensorFlow nor CLU's writers, whether or not TensorFlow is installed, and starts
+seconds sooner; GPU and TPU images without TensorFlow write the same files. Scalars are
+`simple_value` summaries, pictures PNG images, hyperparameters the hparams plugin's. Per-step
+hooks report the step rate (`StepRate`) and profile a window of steps (`ProfileWindow`,
+`config.profile_steps`, with `jax.profiler`).
 """
 
-import io
 import logging
-import os
-import socket
 import time
 
 import jax
 import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import summary_v2
 
-from jvision import workdir as workdir_lib
+from jvision.safety import events, files
 
 log = logging.getLogger(__name__)
 
 
-class LoggingOnly:
-    """What processes other than 0 write: the log only."""
+class LogWriter:
+    """Scalars as debug lines of the log (`-v 1`); pictures and hyperparameters are not logged."""
 
     def write_scalars(self, step: int, scalars: dict) -> None:
         log.debug("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
@@ -43,120 +42,37 @@ class LoggingOnly:
         pass
 
 
-class EventFile:
-    """TensorBoard event files written through `etils.epath`, never appended to in a bucket.
-
-    Records are framed in memory and reach storage at each `flush` (explicit, at `close`, and with
-    the first record `flush_secs` after the last flush). On a local disk the new records are
-    appended (TensorBoard keeps reading a file it has open). In a bucket (`gs://`, `s3://`) an
-    object cannot be appended to, so the whole file is rewritten, as TensorFlow's own GCS writer
-    does; once a file holds `max_bytes`, the next record starts a new file (TensorBoard reads every
-    event file of a directory, in name order), so that no flush rewrites more than about that.
-    """
-
-    def __init__(self, logdir: str, flush_secs: float = 60.0, max_bytes: int = 16 << 20):
-        self.folder = workdir_lib.path(logdir)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.flush_secs, self.max_bytes = flush_secs, max_bytes
-        self._rewrite = workdir_lib.is_uri(self.folder)
-        self._stamp = 0
-        self._last_flush = time.monotonic()
-        self._next_file()
-        self.flush()  # The run shows in TensorBoard from its start.
-
-    def _next_file(self) -> None:
-        """Starts the next event file (its name sorts after the previous one's), its first record
-        the file version, pending."""
-        from tensorboard.compat.proto import event_pb2
-
-        self._stamp = max(int(time.time()), self._stamp + 1)
-        name = f"events.out.tfevents.{self._stamp:010d}.{socket.gethostname()}.{os.getpid()}.0"
-        self.file = self.folder / name
-        self._flushed = bytearray()  # What the file holds, where it is rewritten whole.
-        self._size = 0  # The file's length.
-        self._pending = io.BytesIO()
-        self._frame(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-
-    def _frame(self, event) -> None:
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
-        RecordWriter(self._pending).write(event.SerializeToString())
-
-    def add_event(self, event) -> None:
-        if self._size + self._pending.tell() >= self.max_bytes:
-            self.flush()
-            self._next_file()
-        self._frame(event)
-        if time.monotonic() - self._last_flush >= self.flush_secs:
-            self.flush()
-
-    def flush(self) -> None:
-        """Puts the pending records in storage."""
-        new = self._pending.getvalue()
-        self._last_flush = time.monotonic()
-        if not new:
-            return
-        if self._rewrite:
-            self.file.write_bytes(bytes(self._flushed + new))
-            self._flushed += new
-        else:
-            with self.file.open("ab") as file:
-                file.write(new)
-        self._size += len(new)
-        self._pending = io.BytesIO()
-
-    def close(self) -> None:
-        self.flush()
-
-
-class EventWriter(LoggingOnly):
-    """A TF-free writer with the part of CLU's `MetricWriter` interface jvision uses."""
+class TensorBoardWriter:
+    """TensorBoard's event files in `logdir`, written by `events.EventFile`."""
 
     def __init__(self, logdir: str):
-        self._events = EventFile(logdir)
+        self._events = events.EventFile(logdir)
 
     def _add(self, step: int, summary) -> None:
-        from tensorboard.compat.proto import event_pb2
-
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def _write(self, step: int, values) -> None:
-        from tensorboard.compat.proto import summary_pb2
-
         self._add(step, summary_pb2.Summary(value=values))
 
     def write_scalars(self, step: int, scalars: dict) -> None:
-        from tensorboard.compat.proto import summary_pb2
-
         value = summary_pb2.Summary.Value
-        values = [value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
-        self._write(step, values)
-        super().write_scalars(step, scalars)
+        self._write(step, [value(tag=k, simple_value=float(v)) for k, v in scalars.items()])
 
     def write_images(self, step: int, images: dict) -> None:
         """`images`: name -> [1, H, W, C] uint8."""
-        from PIL import Image
-        from tensorboard.compat.proto import summary_pb2
-
         values = []
         for name, picture in images.items():
             picture = np.asarray(picture)[0]
-            buffer = io.BytesIO()
-            Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(
-                buffer, "PNG"
-            )
             encoded = summary_pb2.Summary.Image(
                 height=picture.shape[0],
                 width=picture.shape[1],
                 colorspace=picture.shape[2],
-                encoded_image_string=buffer.getvalue(),
+                encoded_image_string=files.png_bytes(picture),
             )
             values.append(summary_pb2.Summary.Value(tag=name, image=encoded))
         self._write(step, values)
 
     def write_hparams(self, hparams: dict) -> None:
-        from tensorboard.plugins.hparams import summary_v2
-
         self._add(0, summary_v2.hparams_pb(hparams))
 
     def flush(self) -> None:
@@ -166,8 +82,35 @@ class EventWriter(LoggingOnly):
         self._events.close()
 
 
-class Progress:
-    """Writes `steps_per_sec` every `every_secs` seconds."""
+class Writers:
+    """Several writers as one: each call goes to every writer, in order."""
+
+    def __init__(self, writers: list):
+        self.writers = writers
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        for writer in self.writers:
+            writer.write_scalars(step, scalars)
+
+    def write_images(self, step: int, images: dict) -> None:
+        for writer in self.writers:
+            writer.write_images(step, images)
+
+    def write_hparams(self, hparams: dict) -> None:
+        for writer in self.writers:
+            writer.write_hparams(hparams)
+
+    def flush(self) -> None:
+        for writer in self.writers:
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+class StepRate:
+    """A per-step hook writing `steps_per_sec` every `every_secs` seconds."""
 
     def __init__(self, writer, every_secs: float = 60.0):
         self.writer, self.every_secs = writer, every_secs
@@ -184,7 +127,8 @@ class Progress:
 
 
 class ProfileWindow:
-    """Traces `num_steps` steps starting after step `first_step` with `jax.profiler`."""
+    """A per-step hook tracing `num_steps` steps from after step `first_step` with
+    `jax.profiler`."""
 
     def __init__(self, logdir: str, first_step: int, num_steps: int):
         self.logdir, self.first_step, self.num_steps = logdir, first_step, num_steps
@@ -199,16 +143,15 @@ class ProfileWindow:
             self._running = False
 
 
-def create(logdir: str, is_chief: bool):
-    """The run's metric writer: TensorBoard events in `logdir` and the log (only the log on
-    processes other than 0)."""
-    return EventWriter(logdir) if is_chief else LoggingOnly()
+def create(logdir: str, is_chief: bool) -> Writers:
+    """The run's writers: the log, and on process 0 TensorBoard's events in `logdir`."""
+    return Writers([LogWriter(), TensorBoardWriter(logdir)] if is_chief else [LogWriter()])
 
 
 def hooks(config, logdir: str, writer, is_chief: bool) -> list:
-    """Per-step hooks: progress reports and, when `config.profile_steps`, a profiler window
+    """Per-step hooks: the step rate and, when `config.profile_steps`, a profiler window
     (process 0 only)."""
-    result = [Progress(writer)]
+    result = [StepRate(writer)]
     if config.profile_steps and is_chief:
         result.append(ProfileWindow(logdir, config.profile_first_step, config.profile_steps))
     return result

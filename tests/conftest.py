@@ -32,17 +32,9 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 # Tests spend most of their time compiling tiny programs: skip XLA's slower optimisation passes,
 # and compile each program once per test run, whichever process needs it first.
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-# Not `--xla_cpu_use_fusion_emitters=false` in XLA_FLAGS: it compiles 3× faster (the suite took
-# 6 min instead of 8), but together with the skipped passes above it computes wrong gradients
-# (the full-size SSD's first convolution off by 60 % in float32 and float64, jax 0.10.2). With
-# all passes on it is right but compiles slower (5.9 s against 4.4 s for those three gradients);
-# at optimisation level 1 it is right, and was 20 % faster on one host but slower on a 2-core
-# AVX2 AMD EPYC (LLVM's expensive passes also off: 15.0 s against 10.4 s to compile the
-# full-size SSD twin's 46 programs): not worth testing with a code generator the product does
-# not use. About half of the xdist workers' time is XLA's compile (1,533 programs, 513 s, in one
-# run of the suite on that EPYC); other XLA CPU flags changed it by less than the noise
-# (`parallel_codegen_split_count=1`, `emitter_verification_level=0`,
-# `enable_concurrency_optimized_scheduler=false`, `use_xnnpack=false`).
+# Not `--xla_cpu_use_fusion_emitters=false` in XLA_FLAGS: together with the skipped passes above it
+# computes wrong gradients (the full-size SSD's first convolution, in float32 and float64, jax
+# 0.10.2). What the suite's time is made of, and the compiler settings tried: docs/speed.md.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(SHARED / "jax_cache")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

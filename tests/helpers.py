@@ -334,10 +334,10 @@ def check_twin(config, batch: dict, step: int = 0, prepare=None) -> str:
     from jvision import models, optim
 
     tm = twins()
-    family = models.get(config.model.name)
+    family = models.get(config.model)
     size = len(next(iter(batch.values())))
     with float64():
-        model = built(family.build, config.model)
+        model = built(lambda _, rngs: family.build(rngs), config.model)
         model_to_float64(model)
         perturb(model)
         if prepare is not None:

@@ -14,8 +14,8 @@ from helpers import load_config
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jvision import checkpoint
 from jvision.data import pipeline
+from jvision.safety import checkpoints
 
 
 def test_one_process_writes_each_array_whole_with_orbax_metadata_kept(tmp_path):
@@ -23,7 +23,7 @@ def test_one_process_writes_each_array_whole_with_orbax_metadata_kept(tmp_path):
     handler: this fails when Orbax renames it, instead of silently dropping its metadata store
     (which restores typed PRNG keys)."""
     assert ocp.type_handlers.get_type_handler(jax.Array)._array_metadata_store is not None
-    checkpoint.write_each_array_whole_in_one_process()
+    checkpoints.write_each_array_whole_in_one_process()
     handler = ocp.type_handlers.get_type_handler(jax.Array)
     assert handler._use_replica_parallel is False
     assert handler._array_metadata_store is not None
@@ -57,11 +57,11 @@ def test_saving_never_asks_for_the_preemption_sync_point(tmp_path, monkeypatch):
 
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", record)
     config = load_config("vae_mnist", "tiny")
-    data, _ = pipeline.train_data(config)
+    data, _ = pipeline.host_batches(config)
     state = nnx.State({"model": {"w": jnp.ones(3)}, "opt": {"count": jnp.zeros((), jnp.int32)}})
-    ckpts = checkpoint.Checkpoints(epath.Path(tmp_path), keep=2)
+    ckpts = checkpoints.Checkpoints(epath.Path(tmp_path), keep=2)
     for step in (1, 2):
-        ckpts.save(step, state, data, config)
+        ckpts.save(step, state, data, config.to_dict())
     ckpts.wait()
     ckpts.close()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
@@ -74,16 +74,16 @@ def test_closing_after_a_failed_write_waits_for_the_others_then_removes_the_save
     a late write makes stays behind. `wait_for_every_write` reads Orbax's futures from a private
     attribute: this also fails when Orbax moves it."""
     config = load_config("vae_mnist", "tiny")
-    data, _ = pipeline.train_data(config)
+    data, _ = pipeline.host_batches(config)
     state = nnx.State({"model": {"w": jnp.ones(3)}, "opt": {"count": jnp.zeros((), jnp.int32)}})
-    ckpts = checkpoint.Checkpoints(epath.Path(tmp_path), keep=2)
-    ckpts.save(1, state, data, config)
+    ckpts = checkpoints.Checkpoints(epath.Path(tmp_path), keep=2)
+    ckpts.save(1, state, data, config.to_dict())
     ckpts.wait()
     writes = ckpts.manager._checkpointer._async_manager._commit_futures
     assert writes and all(callable(write.result) for write in writes)  # Where Orbax keeps them.
 
     # A save cut short: its first write failed; a second one writes into its directory later.
-    unfinished = tmp_path / "checkpoints" / f"2{checkpoint.TEMPORARY_MARK}"
+    unfinished = tmp_path / "checkpoints" / f"2{checkpoints.TEMPORARY_MARK}"
     unfinished.mkdir()
 
     def write_late():

@@ -10,17 +10,18 @@ import time
 import pytest
 from helpers import ROOT
 
-from jvision import checkpoint_reader, evaluate
+from jvision import evaluate
 from jvision.errors import UserError
+from jvision.safety import reader
 
 
 def test_the_newest_step_and_an_explicit_one(trained):
     workdir = trained("vae_mnist").workdir
-    model, meta = checkpoint_reader.load_model(workdir)
+    model, meta = reader.read_arrays(workdir)
     assert meta["step"] == 4 and "encoder" in model
-    assert checkpoint_reader.read_meta(workdir, 2)["step"] == 2
+    assert reader.read_meta(workdir, 2)["step"] == 2
     with pytest.raises(UserError, match="has no checkpoint at step 3; its steps: 2, 4"):
-        checkpoint_reader.load_model(workdir, 3)
+        reader.read_arrays(workdir, 3)
 
 
 def test_an_empty_newest_step_directory_is_passed_over(trained, tmp_path):
@@ -28,9 +29,9 @@ def test_an_empty_newest_step_directory_is_passed_over(trained, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(trained("vae_mnist").workdir, workdir)
     (workdir / "checkpoints" / "6").mkdir()
-    assert checkpoint_reader.read_meta(workdir)["step"] == 4
+    assert reader.read_meta(workdir)["step"] == 4
     with pytest.raises(UserError, match="step 6 was removed \\(or never finished\\)"):
-        checkpoint_reader.read_meta(workdir, 6)
+        reader.read_meta(workdir, 6)
 
 
 @pytest.mark.parametrize("removed", ["4", "4/model/_METADATA"], ids=["whole", "midway"])
@@ -41,7 +42,7 @@ def test_a_step_rotated_away_while_read_falls_back_to_the_next(
     a file Orbax reads; either way the reader takes step 2."""
     workdir = tmp_path / "w"
     shutil.copytree(trained("vae_mnist").workdir, workdir)
-    original = checkpoint_reader._model
+    original = reader._model
 
     def rotate_first(workdir_, step, target):
         if step == 4:
@@ -49,8 +50,8 @@ def test_a_step_rotated_away_while_read_falls_back_to_the_next(
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         return original(workdir_, step, target)
 
-    monkeypatch.setattr(checkpoint_reader, "_model", rotate_first)
-    _, meta = checkpoint_reader.load_model(workdir)
+    monkeypatch.setattr(reader, "_model", rotate_first)
+    _, meta = reader.read_arrays(workdir)
     assert meta["step"] == 2
 
 
@@ -60,9 +61,9 @@ def test_an_error_reading_a_whole_checkpoint_is_raised(trained, monkeypatch):
     def broken(workdir, step, target):
         raise ValueError("pytree structure error")
 
-    monkeypatch.setattr(checkpoint_reader, "_model", broken)
+    monkeypatch.setattr(reader, "_model", broken)
     with pytest.raises(ValueError, match="pytree structure error"):
-        checkpoint_reader.load_model(trained("vae_mnist").workdir)
+        reader.read_arrays(trained("vae_mnist").workdir)
 
 
 def test_damage_is_named_never_loaded(trained, tmp_path):
@@ -70,12 +71,12 @@ def test_damage_is_named_never_loaded(trained, tmp_path):
     shutil.copytree(trained("vae_mnist").workdir, workdir)
     (workdir / "checkpoints" / "4" / "jvision_checksums.json").unlink()
     with pytest.raises(UserError, match="checkpoints/4 is damaged \\(it has no jvision_checks"):
-        checkpoint_reader.load_model(workdir)
+        reader.read_arrays(workdir)
 
 
 def test_evaluating_a_workdir_while_it_trains(tmp_path):
     """The notebook's main use: a run saving at every step and keeping one checkpoint, evaluated
-    again and again meanwhile; every evaluation succeeds (issue: 0 of 6 did)."""
+    again and again meanwhile; every evaluation succeeds."""
     workdir = tmp_path / "live"
     run = subprocess.Popen(
         [

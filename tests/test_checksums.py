@@ -2,7 +2,7 @@
 
 import pytest
 
-from jvision import checksums
+from jvision.safety import checksums
 
 
 @pytest.fixture
@@ -19,7 +19,11 @@ def step_dir(tmp_path):
 
 
 def test_files_are_every_file_but_orbax_commit_files(step_dir):
-    assert checksums.files(step_dir) == ["meta/metadata", "model/d/0a1b", "model/manifest.ocdbt"]
+    assert checksums.covered_files(step_dir) == [
+        "meta/metadata",
+        "model/d/0a1b",
+        "model/manifest.ocdbt",
+    ]
 
 
 def test_a_sealed_checkpoint_verifies(step_dir):
@@ -49,6 +53,6 @@ def test_damage_is_named(step_dir, damage, problem):
 
 
 def test_an_unsealed_step_is_never_trusted(step_dir):
-    """A checkpoint jvision did not seal cannot vouch for its bytes (issue: flipped bytes in a
-    step whose checksum file was deleted loaded as garbage)."""
+    """A checkpoint jvision did not seal cannot vouch for its bytes: flipped bytes in a step
+    whose checksum file was deleted must not load."""
     assert checksums.verify(step_dir) == "it has no jvision_checksums.json"

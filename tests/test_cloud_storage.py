@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from jvision import checkpoint, checkpoint_reader, checksums, workdir, writers
+from jvision import writers
 from jvision.errors import UserError
+from jvision.safety import checkpoints, checksums, events, files, lock, reader
 
 STARTUP_SECS = 10  # The emulator answers within this, or the tests fail.
 RUN_SECS = 240  # Any one command.
@@ -182,7 +183,7 @@ def gcs():
 def test_checksums_list_and_verify_a_checkpoint_in_a_bucket(bucket):
     """gcsfs's `walk` gives folders without their `gs://`, which crashed sealing; the listing
     must give every file's name relative to the step, at any depth."""
-    step = workdir.path(f"gs://{bucket}/run/checkpoints/2")
+    step = files.path(f"gs://{bucket}/run/checkpoints/2")
     contents = {
         "_CHECKPOINT_METADATA": b"orbax",  # Rewritten by Orbax at its commit: not covered.
         "commit_success.txt": b"done",  # Likewise at the top...
@@ -194,7 +195,7 @@ def test_checksums_list_and_verify_a_checkpoint_in_a_bucket(bucket):
     for name, data in contents.items():
         (step / name).write_bytes(data)
     covered = sorted(n for n in contents if n not in ("_CHECKPOINT_METADATA", "commit_success.txt"))
-    assert checksums.files(step) == covered
+    assert checksums.covered_files(step) == covered
     checksums.seal(step)
     assert checksums.verify(step) == ""
     (step / "model/ocdbt.process_0/d/0a1b").write_bytes(b"\x00\x02array")
@@ -243,7 +244,7 @@ def _scalars(events: list) -> set[tuple[int, str]]:
 def test_event_files_in_a_bucket_keep_every_record(bucket, tmp_path):
     """An object cannot be appended to (gcsfs overwrote instead, keeping the last record):
     every scalar written, flushed or not, is read back."""
-    writer = writers.EventWriter(f"gs://{bucket}/run")
+    writer = writers.TensorBoardWriter(f"gs://{bucket}/run")
     for step in range(1, 8):
         writer.write_scalars(step, {"train/loss": 1.0 / step, "train/grad_norm": float(step)})
         if step % 3 == 0:
@@ -261,7 +262,7 @@ def test_full_event_files_in_a_bucket_continue_in_new_ones(bucket, tmp_path):
     named to sort after it, so that flushes stay small and TensorBoard reads them in order."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
 
-    file = writers.EventFile(f"gs://{bucket}/run", flush_secs=0, max_bytes=200)
+    file = events.EventFile(f"gs://{bucket}/run", flush_secs=0, max_bytes=200)
     for step in range(1, 13):
         value = summary_pb2.Summary.Value(tag="train/loss", simple_value=float(step))
         file.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[value])))
@@ -275,69 +276,71 @@ def test_full_event_files_in_a_bucket_continue_in_new_ones(bucket, tmp_path):
 
 
 def test_a_bucket_workdir_refuses_a_second_run_while_the_first_lives(bucket):
-    root = workdir.path(f"gs://{bucket}/run")
-    first = workdir.Lock(root)
+    root = files.path(f"gs://{bucket}/run")
+    first = lock.Lock(root)
     first.acquire()
-    lease = workdir.read_json(root / workdir.LEASE_FILE)
+    lease = files.read_json(root / lock.LEASE_FILE)
     assert lease["pid"] == os.getpid() and lease["host"] == socket.gethostname()
     with pytest.raises(UserError) as refused:
-        workdir.Lock(root).acquire()
+        lock.Lock(root).acquire()
     message = str(refused.value)
     assert "\n" not in message and f"is in use by another run (pid {os.getpid()} on " in message
     first.release()
-    assert not (root / workdir.LEASE_FILE).exists()
-    again = workdir.Lock(root)  # Free once released.
+    assert not (root / lock.LEASE_FILE).exists()
+    again = lock.Lock(root)  # Free once released.
     again.acquire()
     again.release()
 
 
 def _plant(root, **holder) -> None:
     record = {"pid": 4242, "host": "elsewhere", "since": "then", "token": "theirs"}
-    workdir.write_json(root / workdir.LEASE_FILE, {**record, **holder})
+    files.write_json(root / lock.LEASE_FILE, {**record, **holder})
 
 
 def test_a_stale_lease_or_one_of_a_dead_process_is_taken_over(bucket):
-    root = workdir.path(f"gs://{bucket}/run")
+    root = files.path(f"gs://{bucket}/run")
     _plant(root, renewed=time.time() - 5)  # Another host's, fresh: refused.
     with pytest.raises(UserError, match=r"pid 4242 on elsewhere, since then, renewed \d+ s ago"):
-        workdir.Lease(root, settle_secs=0).take()
-    _plant(root, renewed=time.time() - workdir.LEASE_FRESH_SECS - 1)  # Stale.
-    lease = workdir.Lease(root, settle_secs=0)
+        lock.Lease(root, settle_secs=0).take()
+    _plant(root, renewed=time.time() - lock.LEASE_FRESH_SECS - 1)  # Stale.
+    lease = lock.Lease(root, settle_secs=0)
     lease.take()
     lease.release()
     dead = subprocess.Popen(["true"])
     dead.wait()  # Its pid is gone from this host: a run killed by kill -9.
     _plant(root, renewed=time.time(), host=socket.gethostname(), pid=dead.pid)
-    lease = workdir.Lease(root, settle_secs=0)
+    lease = lock.Lease(root, settle_secs=0)
     lease.take()
-    assert workdir.read_json(root / workdir.LEASE_FILE)["token"] == lease.token
+    assert files.read_json(root / lock.LEASE_FILE)["token"] == lease.token
     lease.release()
 
 
 def test_the_lease_is_renewed_and_a_takeover_is_reported_not_overwritten(bucket, caplog):
-    root = workdir.path(f"gs://{bucket}/run")
-    lease = workdir.Lease(root, renew_secs=0.1, settle_secs=0)
+    root = files.path(f"gs://{bucket}/run")
+    lease = lock.Lease(root, renew_secs=0.1, settle_secs=0)
     lease.take()
-    try:  # Read while the heartbeat rewrites it (`workdir.read_json` reads a cut object again).
-        first = workdir.read_json(root / workdir.LEASE_FILE)["renewed"]
+    try:  # Read while the heartbeat rewrites it (`files.read_json` reads a cut object again).
+        first = files.read_json(root / lock.LEASE_FILE)["renewed"]
         deadline = time.monotonic() + 10
-        while workdir.read_json(root / workdir.LEASE_FILE)["renewed"] == first:
+        while files.read_json(root / lock.LEASE_FILE)["renewed"] == first:
             assert time.monotonic() < deadline, "the lease was not renewed"
             time.sleep(0.05)
         _plant(root, renewed=time.time())  # Another run took it (this one stalled, say).
         while "taken over by another run (pid 4242 on elsewhere" not in caplog.text:
             assert time.monotonic() < deadline, "the takeover was not reported"
             time.sleep(0.05)
-        time.sleep(0.3)  # Several beats: none overwrites the other run's lease.
+        while lease.renewing:  # It stops: no later beat can overwrite the other run's lease.
+            assert time.monotonic() < deadline, "the heartbeat went on after the takeover"
+            time.sleep(0.05)
     finally:
         lease.release()  # Nor removes it (and no heartbeat outlives the test).
-    assert workdir.read_json(root / workdir.LEASE_FILE)["token"] == "theirs"
+    assert files.read_json(root / lock.LEASE_FILE)["token"] == "theirs"
 
 
 def test_of_two_runs_starting_together_one_takes_the_lease(bucket):
     """Writes that land within `settle_secs` of each other: the last writer keeps the lease."""
-    root = workdir.path(f"gs://{bucket}/run")
-    leases = [workdir.Lease(root) for _ in range(2)]
+    root = files.path(f"gs://{bucket}/run")
+    leases = [lock.Lease(root) for _ in range(2)]
     start, outcomes = threading.Barrier(2), {}
 
     def take(index: int) -> None:
@@ -355,7 +358,7 @@ def test_of_two_runs_starting_together_one_takes_the_lease(bucket):
         thread.join(timeout=30)
     assert sorted(outcomes) == [0, 1] and list(outcomes.values()).count("took it") == 1, outcomes
     winner = next(i for i, outcome in outcomes.items() if outcome == "took it")
-    assert workdir.read_json(root / workdir.LEASE_FILE)["token"] == leases[winner].token
+    assert files.read_json(root / lock.LEASE_FILE)["token"] == leases[winner].token
     leases[winner].release()
 
 
@@ -435,23 +438,23 @@ def test_a_run_in_a_bucket_stops_resumes_exactly_evaluates_and_survives_damage(
         assert time.monotonic() < deadline, "no checkpoint appeared in the bucket"
         time.sleep(0.2)
     with pytest.raises(UserError, match=f"in use by another run \\(pid {first.pid} on "):
-        workdir.Lock(workdir.path(run)).acquire()
+        lock.Lock(files.path(run)).acquire()
     first.send_signal(signal.SIGTERM)
     _, stderr = _finish(first, returncode=75)
     stopped = int(stderr.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert not gcs().exists(f"{bucket}/run/{workdir.LEASE_FILE}")  # Released at the stop.
+    assert not gcs().exists(f"{bucket}/run/{lock.LEASE_FILE}")  # Released at the stop.
 
     # The rerun continues from the stop and ends where an unbroken run on disk ends, bit for bit.
     total = stopped + 4
     unbroken = train(local, total)
     _, stderr = _finish(train(run, total))
     assert f"resuming from step {stopped}" in stderr
-    results = json.loads(gcs().cat(f"{bucket}/run/{workdir.RESULTS_FILE}"))
+    results = json.loads(gcs().cat(f"{bucket}/run/{files.RESULTS_FILE}"))
     assert results["step"] == total
     evaluating = jvision("jvision.evaluate", f"--workdir={run}")
     _finish(unbroken)
-    in_bucket, meta = checkpoint_reader.load_model(run)
-    on_disk, local_meta = checkpoint_reader.load_model(local)
+    in_bucket, meta = reader.read_arrays(run)
+    on_disk, local_meta = reader.read_arrays(local)
     assert meta["step"] == local_meta["step"] == total
     _assert_bit_identical(in_bucket, on_disk)
 
@@ -466,12 +469,12 @@ def test_a_run_in_a_bucket_stops_resumes_exactly_evaluates_and_survives_damage(
 
     # A save in flight (uncommitted) is passed over by readers; a damaged checkpoint is set
     # aside, and training resumes from the one before it (and removes the unfinished save).
-    (workdir.path(run) / "checkpoints/99/meta/metadata").write_text("{}")
-    assert checkpoint_reader.read_meta(run)["step"] == total
+    (files.path(run) / "checkpoints/99/meta/metadata").write_text("{}")
+    assert reader.read_meta(run)["step"] == total
     previous = _committed_steps(run)[-2]
     flipped = _flip_a_byte_of_an_array_file(f"{run}/checkpoints/{total}")
     _, stderr = _finish(train(run, total + 2))
-    damaged = f"{run}/{checkpoint.DAMAGED_DIR}/{total}"
+    damaged = f"{run}/{checkpoints.DAMAGED_DIR}/{total}"
     assert f"checkpoint step {total} is damaged" in stderr and f"moved to {damaged}" in stderr
     assert f"resuming from step {previous}" in stderr
     name = flipped.split(f"/checkpoints/{total}/")[1]

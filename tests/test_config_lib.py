@@ -7,24 +7,24 @@ import ml_collections
 import pytest
 from helpers import ROOT
 
-from jvision import config_lib
+from jvision import config_checks, config_files, config_lib, config_overrides, config_saved
 from jvision.errors import UserError
 
 VAE = os.path.join(ROOT, "configs", "vae_mnist.py")
 
 
 def test_load_takes_the_argument_after_the_colon():
-    assert config_lib.load(VAE).total_steps == 8000
-    assert config_lib.load(f"{VAE}:tiny").total_steps == 4
+    assert config_files.load(VAE).total_steps == 8000
+    assert config_files.load(f"{VAE}:tiny").total_steps == 4
     with pytest.raises(UserError, match="unknown config argument 'huge'"):
-        config_lib.load(f"{VAE}:huge")
+        config_files.load(f"{VAE}:huge")
     with pytest.raises(UserError, match="does not exist"):
-        config_lib.load("configs/nope.py")
+        config_files.load("configs/nope.py")
 
 
 def test_overrides_are_parsed_as_the_type_they_replace():
-    config = config_lib.load(VAE)
-    config_lib.apply_overrides(
+    config = config_files.load(VAE)
+    config_overrides.apply_overrides(
         config,
         {
             "total_steps": "12",
@@ -39,9 +39,9 @@ def test_overrides_are_parsed_as_the_type_they_replace():
     assert config.data.shuffle is False and tuple(config.model.widths) == (4, 8, 16)
     assert config.data.data_dir == "/tmp/x" and config.init_from.step == 7
     with pytest.raises(UserError, match="bad value 'many' for config key 'total_steps'"):
-        config_lib.apply_overrides(config, {"total_steps": "many"})
+        config_overrides.apply_overrides(config, {"total_steps": "many"})
     with pytest.raises(UserError, match="is not a boolean"):
-        config_lib.apply_overrides(config, {"data.shuffle": "yes please"})
+        config_overrides.apply_overrides(config, {"data.shuffle": "yes please"})
 
 
 @pytest.mark.parametrize(
@@ -55,14 +55,14 @@ def test_overrides_are_parsed_as_the_type_they_replace():
 )
 def test_unknown_keys_get_the_closest_known_ones(key, suggested):
     with pytest.raises(UserError) as error:
-        config_lib.apply_overrides(config_lib.load(VAE), {key: "1"})
+        config_overrides.apply_overrides(config_files.load(VAE), {key: "1"})
     assert f"unknown config key {key!r}; did you mean" in str(error.value)
     assert suggested in str(error.value)
 
 
 def test_a_key_like_nothing_gets_no_suggestion():
     with pytest.raises(UserError) as error:
-        config_lib.apply_overrides(config_lib.load(VAE), {"zzzzqqqq": "1"})
+        config_overrides.apply_overrides(config_files.load(VAE), {"zzzzqqqq": "1"})
     assert str(error.value) == "unknown config key 'zzzzqqqq'"
 
 
@@ -77,38 +77,38 @@ def test_a_key_like_nothing_gets_no_suggestion():
     ],
 )
 def test_validation_names_the_bad_value_and_what_is_allowed(key, value, message):
-    config = config_lib.load(VAE)
+    config = config_files.load(VAE)
     config[key] = value
     with pytest.raises(UserError, match=f"{key}={value}: {message}"):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 def test_a_nan_rate_is_refused():
-    config = config_lib.load(VAE)
+    config = config_files.load(VAE)
     config.optimizer.learning_rate = float("nan")
     with pytest.raises(UserError, match="optimizer.learning_rate=nan"):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 def test_saved_configs_get_the_keys_added_since():
-    saved = config_lib.load(VAE).to_dict()
+    saved = config_files.load(VAE).to_dict()
     del saved["mesh"], saved["optimizer"]["clip_norm"]
-    config = config_lib.from_saved(saved)
+    config = config_saved.from_saved(saved)
     assert config.mesh.fsdp == 1 and config.optimizer.clip_norm == 0.0
 
 
 def test_model_differences_and_settings_changes():
-    old = config_lib.load(VAE).to_dict()
-    new = config_lib.load(VAE).to_dict()
+    old = config_files.load(VAE).to_dict()
+    new = config_files.load(VAE).to_dict()
     new["model"]["latent_dim"] = 8
     new["total_steps"] = 9000
-    assert config_lib.model_differences(old["model"], new["model"]) == ["latent_dim"]
-    assert config_lib.settings_changes(old, new) == ["total_steps: 8000 -> 9000"]
+    assert config_saved.model_differences(old["model"], new["model"]) == ["latent_dim"]
+    assert config_saved.settings_changes(old, new) == ["total_steps: 8000 -> 9000"]
 
 
 def test_flatten():
     tree = {"a": 1, "b": {"c": 2, "d": {"e": 3}}}
-    assert config_lib.flatten(tree) == {"a": 1, "b.c": 2, "b.d.e": 3}
+    assert config_overrides.flatten(tree) == {"a": 1, "b.c": 2, "b.d.e": 3}
 
 
 def test_importance_sampling_is_final_only_and_shrinks_for_tests():

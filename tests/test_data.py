@@ -39,16 +39,16 @@ def test_embedded_source_holds_real_digits():
 
 def test_train_batches_binarized_deterministic_and_resumable():
     config = _config()
-    first = pipeline.train_data(config)[0]
+    first = pipeline.host_batches(config)[0]
     batches = [next(first) for _ in range(3)]
     assert batches[0]["image"].shape == (16, 28, 28, 1)
     assert batches[0]["image"].dtype == np.float32 and batches[0]["label"].dtype == np.int32
     assert set(np.unique(batches[0]["image"])) <= {0.0, 1.0}
 
-    again = pipeline.train_data(config)[0]
+    again = pipeline.host_batches(config)[0]
     next(again)
     state = again.get_state()
-    resumed = pipeline.train_data(config)[0]
+    resumed = pipeline.host_batches(config)[0]
     resumed.set_state(state)
     for expected in batches[1:]:
         np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
@@ -56,14 +56,14 @@ def test_train_batches_binarized_deterministic_and_resumable():
 
 def test_in_memory_cache_changes_nothing_but_speed():
     cached, uncached = _config(), _config(cache_max_examples=0)
-    a, b = pipeline.train_data(cached)[0], pipeline.train_data(uncached)[0]
+    a, b = pipeline.host_batches(cached)[0], pipeline.host_batches(uncached)[0]
     for _ in range(3):
         x, y = next(a), next(b)
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
     # Iterator states are interchangeable too: a fresh uncached iterator given the cached one's
     # state continues where it is (and, without the state, would not).
-    fresh, resumed = pipeline.train_data(uncached)[0], pipeline.train_data(uncached)[0]
+    fresh, resumed = pipeline.host_batches(uncached)[0], pipeline.host_batches(uncached)[0]
     resumed.set_state(a.get_state())
     expected = next(a)["image"]
     np.testing.assert_array_equal(next(resumed)["image"], expected)
@@ -95,7 +95,7 @@ def test_a_remembered_source_reads_each_example_once_and_only_when_asked():
 def test_epochs_are_reshuffled_and_cover_the_split():
     config = _config(binarize="none")
     config.batch_size = 1000
-    it = pipeline.train_data(config)[0]
+    it = pipeline.host_batches(config)[0]
     epoch1 = np.concatenate([next(it)["label"] for _ in range(4)])
     epoch2 = np.concatenate([next(it)["label"] for _ in range(4)])
     np.testing.assert_array_equal(np.bincount(epoch1), [400] * 10)
@@ -126,7 +126,7 @@ def test_eval_binarization_is_fixed():
 def test_full_mnist_reads_through_tfds(tmp_path):
     config = _config(name="mnist", data_dir=str(tmp_path))
     with tfds.testing.mock_data(num_examples=40):
-        batch = next(pipeline.train_data(config)[0])
+        batch = next(pipeline.host_batches(config)[0])
     assert batch["image"].shape == (16, 28, 28, 1)
 
 
@@ -147,7 +147,7 @@ def test_variable_size_images_are_resized_centre_cropped_and_flipped(tmp_path):
     config.data.image_size = 24
     config.data.random_flip = True
     with tfds.testing.mock_data(num_examples=20):
-        batch = next(pipeline.train_data(config)[0])
+        batch = next(pipeline.host_batches(config)[0])
         evaluation = next(iter(pipeline.EvalData(config, "validation")))
     assert batch["image"].shape == (16, 24, 24, 3)
     assert evaluation["image"].shape == (24, 24, 24, 3)

@@ -218,7 +218,7 @@ def test_loss_is_final_canvas_bce_plus_summed_kl():
     batch = {"image": images}
     key = jax.random.key(4)
     with float64():
-        loss, terms = draw.train_loss(model, batch, key, 0)
+        loss, terms = draw.train_loss(None, model, batch, key, 0)  # DRAW reads no setting.
         canvas, steps = model(batch["image"], model.noise(key, 5))  # The noise train_loss draws.
         recon = distributions.bernoulli_nll(canvas, batch["image"])
         expected = float((recon + steps["kl_nats"].sum(0)).mean())
@@ -256,8 +256,10 @@ def test_generation_and_summaries(use_attention):
     if use_attention:
         assert boxes.shape == (20, 3, 4)
     images = {"image": _images((3, 12, 10, 1))}
-    outputs = nnx.jit(draw.image_summaries)(model, images, jax.random.key(6), 0)
-    grids = draw.draw_summaries(jax.device_get(outputs))
+    outputs = nnx.jit(draw.image_summaries, static_argnums=0)(
+        None, model, images, jax.random.key(6), 0
+    )
+    grids = draw.draw_summaries(None, jax.device_get(outputs))
     shown = len(draw._shown_steps(20))
     assert shown == 16
     assert grids["generation"].shape == (3, shown, 12, 10, 3)

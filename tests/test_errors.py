@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from jvision.errors import storage_failure
+from jvision.safety.failures import storage_failure
 
 
 def test_an_os_error_names_its_file():

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from jvision import evaluation, models, sharding
+from jvision import calibration, metrics, models, over_batches, sharding
 from jvision.data import pipeline, sources
 
 
@@ -23,6 +23,8 @@ class Toy(nnx.Module):
 
 
 def _toy_family() -> models.Family:
+    """A family bound to its config, as `models.get` gives it: calibrated state only."""
+
     def statistics(model, batch, step):
         return {"total": batch["image"], "count": jnp.ones(batch["image"].shape[0]) + 0 * step}
 
@@ -31,16 +33,17 @@ def _toy_family() -> models.Family:
         model.count[...] = totals["count"]
 
     calibration = models.Calibration(
-        examples=lambda source, model_config: lambda index, rng: source[index],
+        examples=lambda source: lambda index, rng: source[index],
         statistics=statistics,
         apply=apply,
     )
     return models.Family(
         name="toy",
-        build=lambda config, rngs: Toy(),
+        build=lambda rngs: Toy(),
         train_loss=None,
         predict=None,
         image_summaries=None,
+        draw_summaries=None,
         calibration=calibration,
     )
 
@@ -55,7 +58,7 @@ def test_the_calibration_sums_every_example_of_the_split_once():
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, sharding.replicated(mesh))
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    calibrate = evaluation.calibrator(_toy_family(), config, mesh, graphdef, shardings)
+    calibrate = calibration.calibrator(_toy_family(), config, mesh, graphdef, shardings)
     calibrated = nnx.merge(graphdef, calibrate(state, 3))
     source = sources.open_source("embedded_mnist", "test")
     expected = sum(source[i]["image"].astype(np.float64) / 255 for i in range(len(source)))
@@ -64,8 +67,8 @@ def test_the_calibration_sums_every_example_of_the_split_once():
 
 
 def test_families_without_calibration_keep_their_state():
-    family = models.get("vae")
-    keep = evaluation.calibrator(family, load_config("vae_mnist"), None, None, None)
+    config = load_config("vae_mnist")
+    keep = calibration.calibrator(models.get(config.model), config, None, None, None)
     state = {"a": 1}
     assert keep(state, 0) is state
 
@@ -78,7 +81,7 @@ def test_over_batches_passes_the_index_and_step_and_replicates():
     def fn(model, batch, step, index):
         return batch["x"].sum() + 1000 * index + 10_000 * step
 
-    run = evaluation.OverBatches(fn, mesh)
+    run = over_batches.OverBatches(fn, mesh)
     batches = [{"x": np.full((8,), value, np.float32)} for value in (1.0, 2.0)]
     outputs = list(run(graphdef, state, batches, 3))
     assert [float(o) for o in outputs] == [30_008.0, 31_016.0]
@@ -88,16 +91,13 @@ def test_over_batches_passes_the_index_and_step_and_replicates():
 @pytest.mark.parametrize("final", [False, True])
 def test_final_only_evaluators_run_at_the_end(final):
     config = load_config("vae_mnist", "tiny")
-    family = models.get("vae")
+    family = models.get(config.model)
     mesh = sharding.make_mesh()
-    model = family.build(config.model, nnx.Rngs(0))
+    model = family.build(nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, sharding.replicated(mesh))
-    evaluate = evaluation.Evaluation(
-        family, config, mesh, graphdef, jax.tree.map(lambda x: x.sharding, state)
-    )
-    _, results, pictures = evaluate(state, 0, final=final)
+    evaluators = metrics.build(family, config, mesh)
+    results = metrics.run_all(evaluators, graphdef, state, 0, final=final)
     assert ("test/nll_is_nats" in results) == final and "test/nelbo_nats" in results
-    assert set(pictures) == {"reconstructions", "samples"}
     first = pipeline.first_batch(config, config.data.eval_split)
     assert len(first["image"]) == config.eval_batch_size

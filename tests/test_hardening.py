@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config, run_main
 
-from jvision import checkpoint, checkpoint_reader, checksums, evaluation, preemption, train
+from jvision import metrics, train
 from jvision.errors import UserError
+from jvision.safety import checkpoints, checksums, reader, stops
 
 
 def _tiny(**overrides):
@@ -25,7 +26,7 @@ def _tiny(**overrides):
 
 
 def _params(workdir):
-    return jax.tree.leaves(checkpoint_reader.load_model(workdir)[0])
+    return jax.tree.leaves(reader.read_arrays(workdir)[0])
 
 
 def _assert_same_params(a, b):
@@ -64,7 +65,7 @@ def _truncate(path):
         lambda step: _flip(_array_file(step)),
         lambda step: _truncate(_array_file(step)),
         lambda step: shutil.rmtree(step / "meta"),
-        # No checksums to vouch for it: not trusted, even when it reads (issue: garbage loaded).
+        # No checksums to vouch for it: not trusted, even when it reads.
         lambda step: ((step / checksums.CHECKSUMS_FILE).unlink(), _flip(_array_file(step))),
     ],
     ids=["flipped bytes", "truncated", "missing part", "unsealed"],
@@ -76,7 +77,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_last_goo
     assert (tmp_path / "checkpoints" / "4" / checksums.CHECKSUMS_FILE).exists()  # Sealed.
     damage(tmp_path / "checkpoints" / "4")
     train.train_and_evaluate(_tiny(total_steps=6), str(tmp_path))
-    assert (tmp_path / checkpoint.DAMAGED_DIR / "4").is_dir()  # Kept for inspection.
+    assert (tmp_path / checkpoints.DAMAGED_DIR / "4").is_dir()  # Kept for inspection.
     assert "resuming from step 2, the newest intact checkpoint; skipped damaged step(s) 4" in (
         caplog.text
     )
@@ -97,7 +98,7 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_called_damaged(tmp_path, 
     config.optimizer.name = "sgd"  # Another optimizer state: the checkpoint's files are fine.
     with pytest.raises(UserError, match="is intact .* does not fit this version's model"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert not (tmp_path / checkpoint.DAMAGED_DIR).exists()
+    assert not (tmp_path / checkpoints.DAMAGED_DIR).exists()
 
 
 def test_evaluating_a_damaged_checkpoint_says_so(tmp_path, trained):
@@ -130,15 +131,15 @@ def _signal_when(monkeypatch, module, name, number, at_call):
     "where, module, name, number, at_call",
     [
         ("in the step loop", train, "itstime", signal.SIGTERM, 7),  # During step 3.
-        ("during a save", checkpoint.Checkpoints, "save", signal.SIGTERM, 1),  # Step 2, in flight.
-        ("during an evaluation", evaluation.Evaluation, "metrics", signal.SIGINT, 1),  # Step 2.
+        ("during a save", checkpoints.Checkpoints, "save", signal.SIGTERM, 1),  # Step 2, in flight.
+        ("during an evaluation", metrics, "run_all", signal.SIGINT, 1),  # Step 2.
     ],
 )
 def test_a_signal_at_any_moment_saves_the_current_step_and_resumes_exactly(
     tmp_path, unbroken, monkeypatch, where, module, name, number, at_call
 ):
     _signal_when(monkeypatch, module, name, number, at_call)
-    with pytest.raises(preemption.Stopped) as stopped:
+    with pytest.raises(stops.Stopped) as stopped:
         train.train_and_evaluate(_tiny(total_steps=6), str(tmp_path))
     monkeypatch.undo()
     step = stopped.value.step
@@ -150,8 +151,13 @@ def test_a_signal_at_any_moment_saves_the_current_step_and_resumes_exactly(
 
 
 def _main(*args, **kwargs):
+    return _command("jvision.main", *args, **kwargs)
+
+
+def _command(module, *args, **kwargs):
+    """`python -m MODULE ARGS`, a real process, its output read as it comes."""
     return subprocess.Popen(
-        [sys.executable, "-m", "jvision.main", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -169,6 +175,19 @@ def _wait_for(path, process, timeout=240):
         time.sleep(0.05)
 
 
+def _wait_until_importing_jax(process, timeout=60):
+    """Blocks until `process` has mapped JAX's compiled core: it is importing its modules (a
+    command prints nothing before its imports are done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{process.pid}/maps") as maps:
+            if "jaxlib/libjax_common.so" in maps.read():
+                return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "JAX was never imported"
+        time.sleep(0.005)
+
+
 LONG_RUN = ["--config=configs/vae_mnist.py:tiny", "--config.total_steps=100000"]
 
 
@@ -178,7 +197,7 @@ def test_sigterm_from_outside_exits_75_with_one_line(tmp_path):
     _wait_for(workdir / "checkpoints" / "2", run)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
-    assert run.returncode == preemption.EXIT_STATUS, stderr[-3000:]
+    assert run.returncode == stops.EXIT_STATUS, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("jvision: stopped by SIGTERM at step") and "Traceback" not in stderr
     assert not [line for line in stderr.splitlines() if line.startswith("jvision: error")]
@@ -190,8 +209,8 @@ def test_a_second_ctrl_c_exits_at_once():
     """While a stop is under way (a save, an evaluation), a second Ctrl-C ends the process."""
     script = (
         "import os, signal, time\n"
-        "from jvision import preemption\n"
-        "with preemption.StopRequests() as stop:\n"
+        "from jvision.safety import stops\n"
+        "with stops.StopRequests() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    assert stop.should_stop(1) and stop.signal_name == 'SIGINT'\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
@@ -200,7 +219,7 @@ def test_a_second_ctrl_c_exits_at_once():
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == preemption.INTERRUPTED_STATUS, result.stderr[-2000:]
+    assert result.returncode == stops.INTERRUPTED_STATUS, result.stderr[-2000:]
     assert "jvision: interrupted; the workdir resumes from its last checkpoint" in result.stderr
 
 
@@ -227,26 +246,27 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_no_lock_outlives_kill_9
 @pytest.mark.parametrize(
     "number, when",
     [
-        (signal.SIGTERM, "importing"),  # 0.3 s in: Python is importing JAX, Orbax, TF.
+        (signal.SIGTERM, "importing"),  # Python is importing JAX, Orbax, Grain.
         (signal.SIGTERM, "jvision: train data:"),  # The data are read; the model is next.
         (signal.SIGINT, "jvision: model vae:"),  # The model is built; the step compiles.
     ],
     ids=["SIGTERM while importing", "SIGTERM after the data", "Ctrl-C while compiling"],
 )
 def test_a_signal_while_starting_exits_75_with_one_line(tmp_path, number, when):
-    """Issue: a preemption in the first seconds killed the process silently (143), so a
-    supervisor waiting for 75 never requeued it; Ctrl-C printed a traceback."""
+    """A preemption or Ctrl-C in the first seconds, while the imports, the data or the compile
+    are under way, ends in exit status 75 (a supervisor requeues it) and one line, no
+    traceback, and nothing lost."""
     workdir = tmp_path / "run"
     run = _main(*LONG_RUN, f"--workdir={workdir}")
     if when == "importing":
-        time.sleep(0.3)
+        _wait_until_importing_jax(run)
     else:
         for line in run.stderr:
             if line.startswith(when):
                 break
     run.send_signal(number)
     _, rest = run.communicate(timeout=120)
-    assert run.returncode == preemption.EXIT_STATUS, rest[-3000:]
+    assert run.returncode == stops.EXIT_STATUS, rest[-3000:]
     assert "Traceback" not in rest
     last = rest.strip().splitlines()[-1]
     assert last.startswith(f"jvision: stopped by {signal.Signals(number).name}"), rest[-2000:]
@@ -254,6 +274,34 @@ def test_a_signal_while_starting_exits_75_with_one_line(tmp_path, number, when):
     # Nothing was lost: the same command then trains from the start.
     done = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "module, number",
+    [
+        ("jvision.evaluate", signal.SIGTERM),
+        ("jvision.evaluate", signal.SIGINT),
+        ("jvision.sweep", signal.SIGTERM),
+    ],
+    ids=["evaluate, SIGTERM", "evaluate, Ctrl-C", "sweep, SIGTERM"],
+)
+def test_every_command_stops_with_one_line_from_its_first_instant(
+    tmp_path, trained, module, number
+):
+    """`python -m jvision.evaluate` and `jvision.sweep` stopped while Python imports their
+    package (JAX, Flax, Orbax): exit status 75 and one line, as the trainer."""
+    if module == "jvision.evaluate":
+        arguments = [f"--workdir={trained('vae_mnist').workdir}"]
+    else:
+        arguments = [*LONG_RUN, f"--workdir={tmp_path / 'sweep'}", "--seeds=0"]
+    process = _command(module, *arguments)
+    _wait_until_importing_jax(process)
+    process.send_signal(number)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == stops.EXIT_STATUS, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"jvision: stopped by {number.name}"), err
+    assert out == ""
 
 
 def test_a_lock_refusal_never_names_a_dead_run(tmp_path):
@@ -320,7 +368,7 @@ def _leftovers(workdir):
         str(p.relative_to(workdir))
         for p in workdir.rglob("*")
         if p.name.endswith(".tmp")
-        or checkpoint.TEMPORARY_MARK in p.name
+        or checkpoints.TEMPORARY_MARK in p.name
         or p.name == ".jvision_lock.json"
     ]
 
@@ -328,9 +376,9 @@ def _leftovers(workdir):
 @needs_root
 @pytest.mark.parametrize("kib", [300, 450, 600], ids=["events", "a checkpoint", "the last save"])
 def test_a_full_disk_is_one_line_and_the_workdir_never_lies(small_disk, kib):
-    """Issue: 1-9 tracebacks, a lock and a 0-byte picture left, results.json claiming a step
-    whose checkpoint failed. Now: one line, nothing half-written, and a rerun with room
-    completes; results.json (when written) names a committed step."""
+    """A disk that fills up while events, a checkpoint or the last save are written: one line,
+    no traceback, no lock or half-written picture left, and a rerun with room completes;
+    results.json (when written) names a committed step."""
     disk = small_disk(kib)
     workdir = disk / "run"
     failed = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
@@ -344,9 +392,9 @@ def test_a_full_disk_is_one_line_and_the_workdir_never_lies(small_disk, kib):
     small_disk(4096)  # Room again: the same command resumes and finishes.
     done = run_main("--config=configs/vae_mnist.py:tiny", f"--workdir={workdir}")
     assert done.returncode == 0, done.stderr[-3000:]
-    from jvision import workdir as workdir_lib
+    from jvision.safety import files
 
-    assert workdir_lib.finished_step(workdir) == 4
+    assert files.finished_step(workdir) == 4
 
 
 @needs_root
@@ -381,8 +429,8 @@ def test_a_read_only_data_directory_is_one_line(small_disk, tmp_path):
 
 @pytest.mark.parametrize("name", ["run[1]", "a b%20#?*%"], ids=["brackets", "others"])
 def test_any_character_works_in_a_workdir(tmp_path, name):
-    """Issue: `run[1]` trained, but its checkpoints could never be read back (Orbax globbed the
-    path)."""
+    """A workdir named with glob or URL characters trains, resumes and is read back (Orbax and
+    tensorstore would read `[1]`, `*`, `?` as patterns)."""
     from jvision import evaluate
 
     workdir = tmp_path / name
@@ -397,6 +445,6 @@ def test_zero_steps_evaluates_the_initial_model_and_can_be_extended(tmp_path):
     assert results["test/nelbo_nats"] > 0
     assert os.listdir(tmp_path / "checkpoints") == ["0"]
     train.train_and_evaluate(_tiny(total_steps=2), str(tmp_path))
-    from jvision import workdir as workdir_lib
+    from jvision.safety import files
 
-    assert workdir_lib.finished_step(tmp_path) == 2
+    assert files.finished_step(tmp_path) == 2

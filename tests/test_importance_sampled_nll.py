@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 from helpers import float64
 
-from jvision.evaluators import importance_sampled_nll
+from jvision.metrics import importance_sampled_nll
 from jvision.ops import distributions
 
 LATENT, PIXELS, NOISE_VARIANCE = 3, 6, 0.3

@@ -6,9 +6,10 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from jvision import checkpoint_reader, init_from
+from jvision import init_from
 from jvision.errors import UserError
 from jvision.models import transfer
+from jvision.safety import reader
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_init_from_copies_exactly_the_named_subtree(pretrained):
     before = nnx.to_pure_dict(nnx.clone(state))
     init_from.apply(state, config.init_from, config.model)
     after = nnx.to_pure_dict(state)
-    source, _ = checkpoint_reader.load_model(pretrained)
+    source, _ = reader.read_arrays(pretrained)
     # Everything under `encoder` (kernels, BatchNorm scales and statistics) is the source's ...
     source_leaves = jax.tree.leaves(source["encoder"])
     assert len(source_leaves) == len(jax.tree.leaves(after["encoder"])) > 10

@@ -454,7 +454,7 @@ def test_run_preempted_exits_75(fake):
     assert result.stderr == (
         "tpu_vm.sh: preempted; rerun to resume (checkpoint saved in gs://bucket/runs/draw)\n"
     )
-    # A worker that failed otherwise is the error to report, not the preemption.
+    # A worker that failed otherwise is the error to report, not the stops.
     env = {"FAKE_SSH_EXIT": json.dumps({"0": 75, "1": 1})}
     result = fake.run(TPU_VM, "run", *SETTINGS, *RUN_ARGS, env=env)
     assert result.returncode == 1

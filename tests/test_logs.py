@@ -4,7 +4,7 @@ import json
 
 from helpers import run_main
 
-from jvision import config_lib, logs
+from jvision import config_files, logs
 from jvision.data import sources
 
 
@@ -31,14 +31,14 @@ def _expected_lines(config) -> int:
 
 def test_a_run_prints_its_lines_and_nothing_else(tmp_path):
     """A tiny run's stderr holds exactly the lines `_expected_lines` counts, all jvision's; the
-    default VAE run, by the same count, prints at most 60 (issue: it printed 682)."""
+    default VAE run, by the same count, prints at most 60."""
     sources.open_source("embedded_mnist", "train")  # Prepared (a first use adds two lines).
     result = run_main(
         "--config=configs/vae_mnist.py:tiny", f"--workdir={tmp_path}", "--config.log_every_steps=1"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stderr.splitlines()
-    config = config_lib.load("configs/vae_mnist.py:tiny")
+    config = config_files.load("configs/vae_mnist.py:tiny")
     config.log_every_steps = 1
     assert len(lines) == _expected_lines(config), "\n".join(lines)
     assert all(line.startswith("jvision: ") for line in lines), "\n".join(lines)
@@ -47,4 +47,4 @@ def test_a_run_prints_its_lines_and_nothing_else(tmp_path):
     assert lines[-1].startswith("jvision: done: step 4 in ")
     assert f"test/nll_is_nats {results['metrics']['test/nll_is_nats']:.5g}" in lines[-1]
     assert lines[-1].endswith(f"results in {tmp_path / 'results.json'}")
-    assert _expected_lines(config_lib.load("configs/vae_mnist.py")) <= 60
+    assert _expected_lines(config_files.load("configs/vae_mnist.py")) <= 60

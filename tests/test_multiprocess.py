@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from jvision import checkpoint_reader, train
+from jvision import train
 from jvision.data import pipeline
+from jvision.safety import reader
 
 
 def test_processes_read_disjoint_rows_that_make_the_single_process_batch():
     config = load_config("vae_mnist", "tiny")
-    whole = next(pipeline.train_data(config)[0])
-    parts = [next(pipeline.train_data(config, process=(index, 2))[0]) for index in range(2)]
+    whole = next(pipeline.host_batches(config)[0])
+    parts = [next(pipeline.host_batches(config, process=(index, 2))[0]) for index in range(2)]
     for field in whole:
         np.testing.assert_array_equal(np.concatenate([p[field] for p in parts]), whole[field])
 
@@ -166,8 +167,8 @@ def test_two_processes_train_stop_resume_and_equal_one_process(tmp_path):
 
     reference = tmp_path / "one"
     train.train_and_evaluate(_reference_config(), str(reference))
-    two, _ = checkpoint_reader.load_model(workdir)
-    one, _ = checkpoint_reader.load_model(reference)
+    two, _ = reader.read_arrays(workdir)
+    one, _ = reader.read_arrays(reference)
     for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     results = [json.loads((d / "results.json").read_text()) for d in (workdir, reference)]

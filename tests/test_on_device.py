@@ -21,7 +21,7 @@ def _config(**data):
 
 def _device_batches(config, count: int, process=None):
     mesh = sharding.make_mesh()
-    data = pipeline.train_input(config, mesh=mesh, process=process)
+    data = pipeline.training_input(config, mesh=mesh, process=process)
     assert data.placement == "device"
     materialize = jax.jit(data.materialize)
     batches = []
@@ -33,7 +33,7 @@ def _device_batches(config, count: int, process=None):
 
 def test_the_same_examples_in_the_same_order_as_the_host_pipeline():
     config = _config(placement="device", binarize="none")
-    host = pipeline.train_data(config)[0]
+    host = pipeline.host_batches(config)[0]
     device, _ = _device_batches(config, 3)
     for batch in device:
         expected = next(host)
@@ -44,7 +44,7 @@ def test_the_same_examples_in_the_same_order_as_the_host_pipeline():
 
 def test_dynamic_binarization_draws_inside_jit_from_the_step():
     config = _config(placement="device")
-    plain = pipeline.train_data(_config(binarize="none"))[0]
+    plain = pipeline.host_batches(_config(binarize="none"))[0]
     device, _ = _device_batches(config, 2)
     for batch in device:
         source = next(plain)["image"]
@@ -60,9 +60,9 @@ def test_resuming_gives_the_next_batches():
     config = _config(placement="device")
     batches, _ = _device_batches(config, 3)
     mesh = sharding.make_mesh()
-    first = pipeline.train_input(config, mesh=mesh)
+    first = pipeline.training_input(config, mesh=mesh)
     next(first.batches)
-    resumed = pipeline.train_input(config, mesh=mesh)
+    resumed = pipeline.training_input(config, mesh=mesh)
     resumed.batches.set_state(first.batches.get_state())
     for step in (1, 2):
         inputs = sharding.global_batch(mesh, next(resumed.batches))
@@ -73,9 +73,9 @@ def test_resuming_gives_the_next_batches():
 def test_processes_take_their_rows_of_the_same_global_batches():
     config = _config(placement="device")
     mesh = sharding.make_mesh()
-    whole = next(pipeline.train_input(config, mesh=mesh).batches)[on_device.INDEX]
+    whole = next(pipeline.training_input(config, mesh=mesh).batches)[on_device.INDEX]
     parts = [
-        next(pipeline.train_input(config, mesh=mesh, process=(i, 2)).batches)[on_device.INDEX]
+        next(pipeline.training_input(config, mesh=mesh, process=(i, 2)).batches)[on_device.INDEX]
         for i in range(2)
     ]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
@@ -83,13 +83,13 @@ def test_processes_take_their_rows_of_the_same_global_batches():
 
 def test_auto_keeps_the_host_on_cpu_and_for_what_the_device_cannot_make():
     mesh = sharding.make_mesh()
-    assert pipeline.train_input(_config(), mesh=mesh).placement == "host"  # CPU: measured.
+    assert pipeline.training_input(_config(), mesh=mesh).placement == "host"  # CPU: measured.
     detector = load_config("encoding_detector_mnist", "tiny")
     detector.data.placement = "device"
     with pytest.raises(UserError, match="cannot make this family's training examples"):
-        pipeline.train_input(detector, examples=lambda source: None, mesh=mesh)
+        pipeline.training_input(detector, examples=lambda source: None, mesh=mesh)
     with pytest.raises(UserError, match="data.placement='disk'"):
-        pipeline.train_input(_config(placement="disk"), mesh=mesh)
+        pipeline.training_input(_config(placement="disk"), mesh=mesh)
 
 
 @pytest.mark.parametrize("name", ["vae_mnist", "ssd_mnist"])

@@ -8,8 +8,10 @@ import pytest
 from flax import nnx
 from helpers import built, load_config
 
+from jvision import models
 from jvision.errors import UserError
 from jvision.models import _resnet, patchvae
+from jvision.models.patchvae import networks
 from jvision.ops import distributions
 
 
@@ -67,7 +69,7 @@ def test_temperature_schedule_matches_the_authors_values():
     # s = 6001: 0.53352); float32 adds ≤ (2·|exponent| + 3)·2⁻²⁴ ≤ 1e-6. A schedule off by one
     # update (1000 steps) moves τ by ≥ 0.03 until it reaches the minimum.
     for s, value in expected.items():
-        np.testing.assert_allclose(patchvae.temperature(s - 1, 1.0, 3e-5, 0.1), value, atol=6e-4)
+        np.testing.assert_allclose(networks.temperature(s - 1, 1.0, 3e-5, 0.1), value, atol=6e-4)
     # Simulate their loop step by step over the first 5,000 steps.
     temp = 1.0
     for s in range(1, 5001):
@@ -75,14 +77,14 @@ def test_temperature_schedule_matches_the_authors_values():
             temp = max(temp * np.exp(-3e-5 * s), 0.1)
         if s % 250 == 0:  # float32 against float64: exp of an argument ≤ 0.3 rounded twice,
             # ≤ (2·0.3 + 3)·2⁻²⁴ ≈ 2.2e-7 relative.
-            np.testing.assert_allclose(patchvae.temperature(s - 1, 1.0, 3e-5, 0.1), temp, rtol=1e-6)
+            np.testing.assert_allclose(networks.temperature(s - 1, 1.0, 3e-5, 0.1), temp, rtol=1e-6)
 
 
 @pytest.mark.parametrize("scale", _resnet.SCALES)
 def test_trunk_and_decoder_shapes_for_every_scale(scale):
     def outputs():  # Shapes only: traced, never compiled.
         trunk = _resnet.ResNetTrunk(3, scale, rngs=nnx.Rngs(0))
-        decoder = patchvae.PyramidDecoder(10, 3, 8, scale, rngs=nnx.Rngs(0))
+        decoder = networks.PyramidDecoder(10, 3, 8, scale, rngs=nnx.Rngs(0))
         features = trunk(jnp.zeros((2, 64, 64, 3)))
         return features, decoder(jnp.zeros((2, 64 // scale, 64 // scale, 10)))
 
@@ -91,10 +93,14 @@ def test_trunk_and_decoder_shapes_for_every_scale(scale):
     assert decoded.shape == (2, 64, 64, 3)
 
 
-def _tiny_model(kind="patchvae"):
+def _tiny_config(kind="patchvae"):
     config = load_config("patchvae_mnist", "tiny").model
     config.kind = kind
-    return built(patchvae.build, config)
+    return config
+
+
+def _tiny_model(kind="patchvae"):
+    return built(patchvae.build, _tiny_config(kind))
 
 
 def test_appearance_pooling_is_a_weighted_average_over_locations():
@@ -130,7 +136,8 @@ def test_loss_terms_and_both_kinds_decode_to_images():
     for kind in ("patchvae", "vae"):
         model = _tiny_model(kind)
         batch = {"image": jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))}
-        loss, terms = nnx.jit(patchvae.train_loss)(model, batch, jax.random.key(2), 5000)
+        family = models.get(_tiny_config(kind))
+        loss, terms = nnx.jit(family.train_loss)(model, batch, jax.random.key(2), 5000)
         expected = terms["recon"] + terms["kl_appearance"]
         if kind == "patchvae":
             expected += 10 * terms["kl_occurrence"]
@@ -139,9 +146,9 @@ def test_loss_terms_and_both_kinds_decode_to_images():
         # float32 sums of the same non-negative terms in two orders: ≤ 11 roundings (the
         # per-image weighted sum, the batch means), ≤ 11·2⁻²⁴ ≈ 7e-7 relative.
         np.testing.assert_allclose(loss, expected, rtol=16 * 2.0**-24)
-        grids = nnx.jit(patchvae.image_summaries)(model, batch, jax.random.key(3), 5000)
+        grids = nnx.jit(family.image_summaries)(model, batch, jax.random.key(3), 5000)
         assert grids["reconstructions"].shape == (2, 2, 28, 28, 1)
-        predicted = nnx.jit(patchvae.predict)(model, batch, 0)
+        predicted = nnx.jit(family.predict)(model, batch, 0)
         assert predicted["reconstruction"].shape == (2, 28, 28, 1)
         assert ("occurrence" in predicted) == (kind == "patchvae")
 

@@ -123,12 +123,12 @@ def test_the_dtype_policy_computes_every_family_in_bfloat16_with_float32_state(n
     from jvision.data import pipeline
 
     config = load_config(name, "tiny")
-    family = models.get(config.model.name)
-    batch = next(pipeline.train_data(config, models.bind(family.train_examples, config.model))[0])
+    family = models.get(config.model)
+    batch = next(pipeline.host_batches(config, family.train_examples)[0])
     losses = {}
     for dtype in precision.DTYPES:
         config.model.dtype = dtype
-        model = family.build(config.model, nnx.Rngs(0))
+        model = family.build(nnx.Rngs(0))
         layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, (nnx.Conv, nnx.Linear))]
         assert layers and all(
             layer.dtype == (None if dtype == "float32" else jnp.bfloat16) for layer in layers

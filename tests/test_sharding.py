@@ -6,9 +6,10 @@ import pytest
 from helpers import load_config
 from jax.sharding import PartitionSpec as P
 
-from jvision import checkpoint, checkpoint_reader, models, sharding, train, workdir
+from jvision import models, sharding, train
 from jvision.data import pipeline
 from jvision.errors import UserError
+from jvision.safety import checkpoints, files, reader
 
 
 def test_state_spec_splits_the_largest_divisible_dimension_of_large_arrays():
@@ -37,7 +38,7 @@ def test_bad_meshes_are_user_errors():
 
 
 def test_fsdp_state_is_created_sharded_and_holds_less_per_device():
-    family = models.get("vae")
+    family = models.get(load_config("vae_mnist", "tiny").model)
     held = {}
     for name, config in (
         ("data", load_config("vae_mnist", "tiny")),
@@ -69,8 +70,8 @@ def test_fsdp_trains_to_the_data_parallel_parameters_and_resumes_sharded(tmp_pat
     train.train_and_evaluate(plain, str(tmp_path / "data"))
     sharded = _sgd(_fsdp(load_config("vae_mnist", "tiny")))
     train.train_and_evaluate(sharded, str(tmp_path / "fsdp"))
-    a, _ = checkpoint_reader.load_model(tmp_path / "data")
-    b, _ = checkpoint_reader.load_model(tmp_path / "fsdp")
+    a, _ = reader.read_arrays(tmp_path / "data")
+    b, _ = reader.read_arrays(tmp_path / "fsdp")
     # Tolerance. float64 is not an option here: the trainer builds float32 parameters and data.
     # Both runs do the same float32 arithmetic except the order of reductions (partial sums over
     # each device's 2 or 4 examples, then an all-reduce over 8 or 4 data shards). Over T = 4
@@ -92,12 +93,13 @@ def test_fsdp_trains_to_the_data_parallel_parameters_and_resumes_sharded(tmp_pat
 
     # Restoring puts every array back in its shard.
     mesh = sharding.make_mesh(sharded.mesh)
-    layout, state = train.create_state(sharded, models.get("vae"), mesh)
-    data, _ = pipeline.train_data(sharded)
-    ckpts = checkpoint.Checkpoints(workdir.path(tmp_path / "fsdp"), sharded.keep_checkpoints)
-    restored, step = ckpts.restore(state, data, sharded)
+    layout, state = train.create_state(sharded, models.get(sharded.model), mesh)
+    data, _ = pipeline.host_batches(sharded)
+    ckpts = checkpoints.Checkpoints(files.path(tmp_path / "fsdp"), sharded.keep_checkpoints)
+    intact = ckpts.newest_intact()
+    restored = ckpts.read(intact.step, state, data)
     ckpts.close()
-    assert step == 4
+    assert intact.step == 4
     for array, expected in zip(
         jax.tree.leaves(restored), jax.tree.leaves(layout.shardings), strict=True
     ):

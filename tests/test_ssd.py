@@ -6,12 +6,15 @@ import numpy as np
 from flax import nnx
 from helpers import built, float64, load_config, model_to_float64
 
+from jvision import models
 from jvision.models import ssd
 from jvision.ops import boxes as box_ops
 
+CONFIG = load_config("ssd_mnist", None).model
+
 
 def _model():
-    return built(ssd.build, load_config("ssd_mnist", None).model)
+    return built(ssd.build, CONFIG)
 
 
 @nnx.jit
@@ -21,13 +24,14 @@ def _forward(model, images):
 
 @nnx.jit
 def _loss_terms(model, offsets, logits, boxes, labels):
-    return model.loss_terms(offsets, logits, boxes, labels)
+    return ssd._loss_terms(CONFIG, model, offsets, logits, boxes, labels)
 
 
 @nnx.jit
 def _loss_gradient(model, offsets, logits, boxes, labels):
     """The gradient of the loss with respect to the box offsets."""
-    return jax.grad(lambda o: model.loss_terms(o, logits, boxes, labels)["loss"])(offsets)
+    loss = lambda o: ssd._loss_terms(CONFIG, model, o, logits, boxes, labels)["loss"]  # noqa: E731
+    return jax.grad(loss)(offsets)
 
 
 def _batch(batch=2):
@@ -181,18 +185,19 @@ def test_hard_negative_mining_takes_one_negative_per_positive():
 
 def test_predict_returns_fixed_size_per_class_detections():
     model = _model()  # In training mode: predict must use the BatchNorm statistics anyway.
-    predict = nnx.jit(ssd.predict)
+    family = models.get(CONFIG)
+    predict = nnx.jit(family.predict)
     detections = predict(model, _batch(2), 0)
     model.eval()
     eval_mode = predict(model, _batch(2), 0)
     for name in detections:
         np.testing.assert_array_equal(detections[name], eval_mode[name])
-    k = 10 * model.max_detections_per_class
+    k = 10 * CONFIG.max_detections_per_class
     assert detections["boxes"].shape == (2, k, 4)
     assert detections["scores"].shape == detections["labels"].shape == (2, k)
     assert detections["valid"].dtype == jnp.bool_
-    outputs = jax.device_get(nnx.jit(ssd.image_summaries)(model, _batch(2), None, 0))
-    grids = ssd.draw_summaries(outputs)
+    outputs = jax.device_get(nnx.jit(family.image_summaries)(model, _batch(2), None, 0))
+    grids = family.draw_summaries(outputs)
     assert grids["detections"].shape == (1, 2, 128, 128, 3)  # The 2 scenes, ×4, one row.
 
 

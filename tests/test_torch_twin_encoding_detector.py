@@ -28,8 +28,9 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from helpers import check_twin, load_config  # noqa: E402
 
-from jvision import config_lib  # noqa: E402
-from jvision.data import embedded_mnist, mnist_detection, triplets  # noqa: E402
+from jvision import config_overrides  # noqa: E402
+from jvision.data import embedded_mnist, mnist_detection  # noqa: E402
+from jvision.models.encoding_detector import triplets  # noqa: E402
 
 # Two triplets: every layer, norm and loss term sees more than one example; the full-size cases'
 # float64 convolutions took 21 s each at 8.
@@ -99,6 +100,6 @@ def test_batch_shapes():
 def test_twin_matches_jvision(case):
     variant, overrides = CASES[case]
     config = load_config("encoding_detector_mnist", variant)
-    config_lib.apply_overrides(config, overrides)
+    config_overrides.apply_overrides(config, overrides)
     summary = check_twin(config, make_batch(config, BATCH), prepare=perturb_adjust)
     print(f"\n{case}: {summary}")

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from helpers import check_twin, load_config  # noqa: E402
 
-from jvision import config_lib  # noqa: E402
+from jvision import config_overrides  # noqa: E402
 from jvision.data import embedded_mnist, mnist_detection  # noqa: E402
 
 BATCH = 4  # Enough for every BatchNorm and loss term; the full-size cases cost ~2× more at 8.
@@ -70,5 +70,5 @@ def make_batch(config, batch_size: int, seed: int = 0) -> dict:
 def test_twin_matches_jvision(case):
     name, variant, overrides, step = case
     config = load_config(name, variant)
-    config_lib.apply_overrides(config, overrides)
+    config_overrides.apply_overrides(config, overrides)
     print(f"\n{_case_id(case)}: {check_twin(config, make_batch(config, BATCH), step)}")

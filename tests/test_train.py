@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from jvision import checkpoint_reader, train
+from jvision import train
 from jvision.errors import UserError
+from jvision.safety import failures, reader
 
 
 def _tiny(**overrides):
@@ -36,8 +37,8 @@ def test_resume_is_bit_identical_to_an_unbroken_run(tmp_path, trained):
     broken = tmp_path / "broken"
     shutil.copytree(trained("vae_mnist").workdir, broken)
     train.train_and_evaluate(_tiny(total_steps=6), str(broken))
-    state_a, meta_a = checkpoint_reader.load_model(straight)
-    state_b, meta_b = checkpoint_reader.load_model(broken)
+    state_a, meta_a = reader.read_arrays(straight)
+    state_b, meta_b = reader.read_arrays(broken)
     assert meta_a["step"] == meta_b["step"] == 6
     _assert_trees_equal(state_a, state_b)
     results = [json.loads((d / "results.json").read_text()) for d in (straight, broken)]
@@ -47,10 +48,10 @@ def test_resume_is_bit_identical_to_an_unbroken_run(tmp_path, trained):
 def test_finished_run_only_reevaluates(tmp_path, trained):
     shutil.copytree(trained("vae_mnist").workdir, tmp_path, dirs_exist_ok=True)
     first = json.loads((tmp_path / "results.json").read_text())["metrics"]
-    state_before, _ = checkpoint_reader.load_model(tmp_path)
+    state_before, _ = reader.read_arrays(tmp_path)
     again = train.train_and_evaluate(_tiny(), str(tmp_path))
     assert first == again
-    _assert_trees_equal(state_before, checkpoint_reader.load_model(tmp_path)[0])
+    _assert_trees_equal(state_before, reader.read_arrays(tmp_path)[0])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
@@ -72,7 +73,7 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path, trained):
     config.model.latent_dim = 6
     with pytest.raises(UserError, match=r"different model \(model.latent_dim differ"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 4
+    assert reader.read_arrays(str(tmp_path))[1]["step"] == 4
 
 
 def test_nan_loss_stops_without_saving_it(tmp_path, trained):
@@ -81,7 +82,7 @@ def test_nan_loss_stops_without_saving_it(tmp_path, trained):
     config.optimizer.learning_rate = 1e30  # Adam's steps of ~lr overflow the parameters.
     with pytest.raises(UserError, match="became non-finite by step 6.*last good checkpoint is"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpoint_reader.load_model(str(tmp_path))[1]["step"] == 4
+    assert reader.read_arrays(str(tmp_path))[1]["step"] == 4
 
 
 def test_profiler_window_writes_a_trace(tmp_path):
@@ -108,10 +109,10 @@ def test_closing_reports_the_first_error_unless_another_is_on_its_way(caplog):
 
         return closer
 
-    with pytest.raises(OSError, match="first"), train.Closing(fail("second"), fail("first")):
+    with pytest.raises(OSError, match="first"), failures.Closing(fail("second"), fail("first")):
         pass  # Closed last-added first: "first" is raised, "second" logged.
     assert "second" in caplog.text
-    with pytest.raises(ValueError, match="the run's own"), train.Closing(fail("closing")):
+    with pytest.raises(ValueError, match="the run's own"), failures.Closing(fail("closing")):
         raise ValueError("the run's own")  # A closing error must not hide it.
 
 
@@ -123,12 +124,12 @@ def test_the_state_is_built_in_its_shardings_from_one_trace_of_the_model():
     from jvision import models, sharding
 
     config = _tiny()
-    family = models.get("vae")
+    family = models.get(config.model)
     calls = []
 
-    def build(model_config, rngs):
+    def build(rngs):
         calls.append(1)
-        return family.build(model_config, rngs)
+        return family.build(rngs)
 
     counted = dataclasses.replace(family, build=build)
     layout, state = train.create_state(config, counted, sharding.make_mesh(config.mesh))

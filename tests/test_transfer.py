@@ -6,8 +6,9 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from jvision import checkpoint_reader, train
+from jvision import train
 from jvision.models import transfer
+from jvision.safety import reader
 
 
 @pytest.fixture
@@ -22,8 +23,8 @@ def _transfer_config(pretrained_workdir="", freeze=-1):
     return config
 
 
-def _trainable_paths(model):
-    state = nnx.state(model, transfer.trainable(model))
+def _trainable_paths(config, model):
+    state = nnx.state(model, transfer.trainable(config, model))
     return {
         "/".join(str(getattr(k, "key", k)) for k in path) for path, _ in nnx.to_flat_state(state)
     }
@@ -33,9 +34,9 @@ def test_freezing_selects_the_head_and_unfrozen_convs_only():
     config = _transfer_config(freeze=-1)
     config.model.scale = 8
     model = transfer.build(config.model, nnx.Rngs(0))
-    assert all(p.startswith(("hidden", "logits")) for p in _trainable_paths(model))
+    assert all(p.startswith(("hidden", "logits")) for p in _trainable_paths(config.model, model))
     config.model.freeze_stages = 1  # The stem only.
-    paths = _trainable_paths(transfer.build(config.model, nnx.Rngs(0)))
+    paths = _trainable_paths(config.model, transfer.build(config.model, nnx.Rngs(0)))
     assert "encoder/conv1/kernel" not in paths
     assert "encoder/layers/0/0/conv1/kernel" in paths
     assert not any(p.endswith(("scale", "bias")) and p.startswith("encoder") for p in paths)
@@ -43,8 +44,8 @@ def test_freezing_selects_the_head_and_unfrozen_convs_only():
 
 def test_transfer_keeps_the_pretrained_encoder_and_trains_the_head(pretrained, trained):
     workdir = trained("transfer_mnist", f"--config.init_from.workdir={pretrained}").workdir
-    source, _ = checkpoint_reader.load_model(pretrained)
-    after, _ = checkpoint_reader.load_model(workdir)
+    source, _ = reader.read_arrays(pretrained)
+    after, _ = reader.read_arrays(workdir)
     for a, b in zip(
         jax.tree.leaves(source["encoder"]), jax.tree.leaves(after["encoder"]), strict=True
     ):

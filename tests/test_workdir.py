@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from jvision import workdir
 from jvision.errors import UserError
+from jvision.safety import files
 
 
 @pytest.fixture
@@ -36,21 +36,21 @@ def fake_bucket(tmp_path, monkeypatch):
 
 def test_local_paths_are_made_absolute_and_bucket_paths_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert str(workdir.path("runs/a")) == str(tmp_path / "runs" / "a")
-    assert str(workdir.path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
-    assert str(workdir.path("gs://bucket/runs/a") / workdir.RESULTS_FILE) == (
+    assert str(files.path("runs/a")) == str(tmp_path / "runs" / "a")
+    assert str(files.path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
+    assert str(files.path("gs://bucket/runs/a") / files.RESULTS_FILE) == (
         "gs://bucket/runs/a/results.json"
     )
-    assert workdir.is_uri("gs://b/x") and not workdir.is_uri("/tmp/x")
+    assert files.is_uri("gs://b/x") and not files.is_uri("/tmp/x")
 
 
 def test_json_and_pictures_round_trip_through_a_bucket_path(fake_bucket):
-    run = workdir.path("gs://bucket/run")
+    run = files.path("gs://bucket/run")
     run.mkdir(parents=True, exist_ok=True)
-    workdir.write_json(run / workdir.RESULTS_FILE, {"step": 4, "metrics": {"test/x": 1.5}})
-    assert workdir.read_json(run / workdir.RESULTS_FILE) == {"step": 4, "metrics": {"test/x": 1.5}}
+    files.write_json(run / files.RESULTS_FILE, {"step": 4, "metrics": {"test/x": 1.5}})
+    assert files.read_json(run / files.RESULTS_FILE) == {"step": 4, "metrics": {"test/x": 1.5}}
     picture = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
-    workdir.save_png(run / "picture.png", picture)
+    files.save_png(run / "picture.png", picture)
     from PIL import Image
 
     on_disk = fake_bucket / "bucket" / "run"
@@ -61,17 +61,17 @@ def test_json_and_pictures_round_trip_through_a_bucket_path(fake_bucket):
 def test_a_bucket_read_cut_short_by_a_rewrite_is_read_again(fake_bucket, monkeypatch):
     """Seen against the emulator: the lease read while its heartbeat rewrote it came back
     without its closing brace (the new object, cut at the old one's length)."""
-    lease = workdir.path("gs://bucket/run/lease.json")
+    lease = files.path("gs://bucket/run/lease.json")
     lease.parent.mkdir(parents=True, exist_ok=True)
-    workdir.write_json(lease, {"renewed": 1796203702.2543387, "token": "t"})
+    files.write_json(lease, {"renewed": 1796203702.2543387, "token": "t"})
     whole = lease.read_text()
     cut = [whole[:-1], whole[:-2]]  # Two reads of a rewrite in flight, then the whole file.
     read = type(lease).read_text
     monkeypatch.setattr(type(lease), "read_text", lambda p: cut.pop(0) if cut else read(p))
-    assert workdir.read_json(lease) == {"renewed": 1796203702.2543387, "token": "t"}
+    assert files.read_json(lease) == {"renewed": 1796203702.2543387, "token": "t"}
     cut[:] = [whole[:-1]] * 3  # Never whole: the parse error, after three reads.
     with pytest.raises(ValueError):
-        workdir.read_json(lease)
+        files.read_json(lease)
     assert not cut
 
 
@@ -79,49 +79,49 @@ def test_a_damaged_json_file_on_disk_is_an_error_at_once(tmp_path):
     target = tmp_path / "results.json"
     target.write_text('{"step": 4')
     with pytest.raises(ValueError):
-        workdir.read_json(workdir.path(target))
+        files.read_json(files.path(target))
 
 
 def test_json_writes_replace_the_file_whole(tmp_path):
-    target = workdir.path(tmp_path) / "config.json"
-    workdir.write_json(target, {"a": 1})
-    workdir.write_json(target, {"b": [1, 2]})
-    assert workdir.read_json(target) == {"b": [1, 2]}
+    target = files.path(tmp_path) / "config.json"
+    files.write_json(target, {"a": 1})
+    files.write_json(target, {"b": [1, 2]})
+    assert files.read_json(target) == {"b": [1, 2]}
     assert os.listdir(tmp_path) == ["config.json"]
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    target = workdir.path(tmp_path) / "results.json"
-    workdir.write_json(target, {"step": 2})
+    target = files.path(tmp_path) / "results.json"
+    files.write_json(target, {"step": 2})
 
     def full(self, other):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(type(target), "replace", full)  # The rename fails: a full disk.
     with pytest.raises(OSError):
-        workdir.write_json(target, {"step": 4})
-    assert workdir.read_json(target) == {"step": 2}
+        files.write_json(target, {"step": 4})
+    assert files.read_json(target) == {"step": 2}
     assert os.listdir(tmp_path) == ["results.json"]
 
 
 def test_a_run_is_finished_when_its_results_step_is_committed(tmp_path):
-    """The sweep's "done": results.json and the sealed checkpoint of its step (issue: a
-    results.json naming a step whose save failed made a seed look finished forever)."""
-    run = workdir.path(tmp_path)
-    assert workdir.finished_step(run) is None
-    workdir.write_json(run / workdir.RESULTS_FILE, {"step": 4, "metrics": {}})
-    assert workdir.finished_step(run) is None  # No checkpoint 4.
+    """The sweep's "done": results.json and the sealed checkpoint of its step (a results.json
+    naming a step whose save failed must not make a seed look finished)."""
+    run = files.path(tmp_path)
+    assert files.finished_step(run) is None
+    files.write_json(run / files.RESULTS_FILE, {"step": 4, "metrics": {}})
+    assert files.finished_step(run) is None  # No checkpoint 4.
     (tmp_path / "checkpoints" / "4").mkdir(parents=True)
-    assert workdir.finished_step(run) is None  # Not sealed: not committed by jvision.
-    (tmp_path / "checkpoints" / "4" / workdir.CHECKSUMS_FILE).write_text("{}")
-    assert workdir.finished_step(run) == 4
+    assert files.finished_step(run) is None  # Not sealed: not committed by jvision.
+    (tmp_path / "checkpoints" / "4" / files.CHECKSUMS_FILE).write_text("{}")
+    assert files.finished_step(run) == 4
 
 
 def test_glob_characters_reach_orbax_through_a_link(tmp_path):
     odd = tmp_path / "run[1]"
     odd.mkdir()
-    link = workdir.without_glob_characters(workdir.path(odd))
+    link = files.without_glob_characters(files.path(odd))
     assert "[" not in str(link) and os.path.realpath(link) == str(odd)
-    assert workdir.without_glob_characters(workdir.path(tmp_path)) == workdir.path(tmp_path)
+    assert files.without_glob_characters(files.path(tmp_path)) == files.path(tmp_path)
     with pytest.raises(UserError, match="a bucket workdir cannot contain"):
-        workdir.without_glob_characters(workdir.path("gs://bucket/run[1]"))
+        files.without_glob_characters(files.path("gs://bucket/run[1]"))

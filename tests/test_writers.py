@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from jvision import writers
+from jvision.safety import events
 
 
 def test_local_event_files_are_appended_to_and_read_whole_by_tensorboard(tmp_path):
@@ -12,7 +13,7 @@ def test_local_event_files_are_appended_to_and_read_whole_by_tensorboard(tmp_pat
     flush appends what was written since, and nothing reaches the disk between flushes."""
     from tensorboard.backend.event_processing import event_accumulator
 
-    writer = writers.EventWriter(str(tmp_path))
+    writer = writers.TensorBoardWriter(str(tmp_path))
     (file,) = tmp_path.iterdir()
     inode, started = file.stat().st_ino, file.read_bytes()
     for step in range(1, 6):
@@ -34,8 +35,8 @@ def test_local_event_files_are_appended_to_and_read_whole_by_tensorboard(tmp_pat
 def test_records_are_flushed_once_flush_secs_have_passed(tmp_path):
     from tensorboard.compat.proto import event_pb2
 
-    events = writers.EventFile(str(tmp_path), flush_secs=0)
-    size = events.file.stat().length
-    events.add_event(event_pb2.Event(step=1))
-    assert events.file.stat().length > size  # Written at once.
-    events.close()
+    event_file = events.EventFile(str(tmp_path), flush_secs=0)
+    size = event_file.file.stat().length
+    event_file.add_event(event_pb2.Event(step=1))
+    assert event_file.file.stat().length > size  # Written at once.
+    event_file.close()

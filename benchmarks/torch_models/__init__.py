@@ -1,4 +1,4 @@
-"""PyTorch twins of jvision's models, for side-by-side speed comparisons (issue 12).
+"""PyTorch twins of jvision's models, for side-by-side speed comparisons.
 
 Each twin computes the same function as its jvision family, with the same architecture,
 parameterisation, loss reduction and optimizer, in idiomatic PyTorch (NCHW tensors, nn.Conv2d,
@@ -77,7 +77,7 @@ def family(config):
 
 
 def build(config):
-    """The twin of `jvision.models.get(config.model.name).build(config.model, rngs)`: an
+    """The twin of `jvision.models.get(config.model).build(config.model, rngs)`: an
     nn.Module in train mode, randomly initialised by torch (load jvision's weights to compare)."""
     return family(config).build(config)
 

@@ -183,7 +183,6 @@ class EncodingDetector(nn.Module):
         kl = _common.gaussian_kl_standard_normal(mean, logvar).sum() / exemplar.numel()
         loss = bce_positive + bce_negative + recon + kl
         return loss, {
-            "loss": loss,
             "bce_positive": bce_positive,
             "bce_negative": bce_negative,
             "vae_recon": recon,

@@ -21,7 +21,7 @@ KINDS = ("patchvae", "vae")
 
 
 def temperature(step: int, initial: float, anneal: float, minimum: float) -> float:
-    """jvision.models.patchvae.temperature (the authors' compounding schedule)."""
+    """jvision.models.patchvae.networks.temperature (the authors' compounding schedule)."""
     updates = step // 1000
     exponent = (updates + 1) + 1000 * updates * (updates + 1) / 2
     return max(initial * math.exp(-anneal * exponent), minimum)
@@ -101,12 +101,12 @@ class _Losses(nn.Module):
             )
             terms["kl_occurrence"] = kl_occ
             loss = loss + self.beta_occurrence * kl_occ
-        terms["loss"] = loss
         terms = {name: value.mean() for name, value in terms.items()}
+        loss = loss.mean()
         if logits is not None:  # As jvision reports it.
             tau = temperature(int(step), *self.schedule)
-            terms["temperature"] = torch.tensor(tau, dtype=terms["loss"].dtype)
-        return terms["loss"], terms
+            terms["temperature"] = torch.tensor(tau, dtype=loss.dtype)
+        return loss, terms
 
 
 class PatchVAE(_Losses):

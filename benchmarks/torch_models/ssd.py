@@ -1,4 +1,5 @@
 """Twin of jvision/models/ssd.py and jvision/ops/boxes.py: the tutorial's SSD on MNIST scenes.
+Its priors are jvision's own (`jvision.ops.boxes.ssd_priors`): a constant input, not timed.
 
 Same network (conv-BatchNorm-ReLU base and auxiliary stages, instance-normed heads with the box
 and class convs fused into one), the same (ymin, xmin, ymax, xmax) box frame and prior order, and
@@ -7,12 +8,11 @@ for the threshold instead: the same sum). Max-pooling is F.max_pool2d (jvision t
 maxima of the four corners: the same values; only exact ties share the gradient there).
 """
 
-import itertools
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from jvision.ops.boxes import ssd_priors  # The priors are an input: the same ones, computed once.
 
 from . import _common
 
@@ -89,23 +89,6 @@ class SSD(nn.Module):
         ]
         offsets, logits = zip(*outputs, strict=True)
         return torch.cat(offsets, 1), torch.cat(logits, 1)
-
-
-def ssd_priors(feature_sizes, scales, aspect_ratios) -> np.ndarray:
-    """jvision.ops.boxes.ssd_priors: centre priors [P, 4] (cy, cx, h, w), ratio = h / w."""
-    priors = []
-    for index, (size, scale, ratios) in enumerate(
-        zip(feature_sizes, scales, aspect_ratios, strict=True)
-    ):
-        next_scale = scales[index + 1] if index + 1 < len(scales) else 1.0
-        for row, col in itertools.product(range(size), range(size)):
-            cy, cx = (row + 0.5) / size, (col + 0.5) / size
-            for ratio in ratios:
-                priors.append([cy, cx, scale * np.sqrt(ratio), scale / np.sqrt(ratio)])
-                if ratio == 1:
-                    extra = np.sqrt(scale * next_scale)
-                    priors.append([cy, cx, extra, extra])
-    return np.clip(np.asarray(priors, np.float32), 0.0, 1.0)
 
 
 def centers_to_corners(boxes):
@@ -206,7 +189,7 @@ class Detector(nn.Module):
         del noise, step  # Deterministic, no schedules.
         offsets, logits = self(batch["image"])
         terms = self.multibox_loss(offsets, logits, batch["boxes"], batch["labels"])
-        return terms["loss"], terms
+        return terms.pop("loss"), terms
 
 
 def build(config) -> Detector:

@@ -57,7 +57,7 @@ class Classifier(nn.Module):
         logits = self(batch["image"], None if noise is None else noise["dropout"])
         loss = F.cross_entropy(logits, batch["label"])
         top1 = (logits.argmax(-1) == batch["label"]).float().mean()
-        return loss, {"loss": loss, "top1": top1}
+        return loss, {"top1": top1}
 
     def jvision_layout(self, tree):
         rows = _common.flat_permutation(self.feature_shape, (2, 0, 1))

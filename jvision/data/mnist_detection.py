@@ -20,6 +20,8 @@ MAX_OBJECTS rows with label -1. Configs:
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jvision.data import features, sources
+
 CANVAS = 32
 MAX_OBJECTS = 4
 SLOT_OFFSETS = (0, 25)
@@ -91,8 +93,6 @@ def generate_scenes(digits: np.ndarray, labels: np.ndarray, count: int, seed: in
 
 def source_digits(config_name: str, split: str, data_dir: str | None):
     """The digits scenes of `split` are made from: [N, 28, 28] uint8 and labels [N]."""
-    from jvision.data import sources
-
     if config_name == "embedded":
         source = sources.open_source("embedded_mnist", split, data_dir)
     else:
@@ -113,18 +113,13 @@ class MnistDetection(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(CANVAS, CANVAS, 1), dtype=np.uint8),
-                    "boxes": tfds.features.Tensor(shape=(MAX_OBJECTS, 4), dtype=np.float32),
-                    "labels": tfds.features.Tensor(shape=(MAX_OBJECTS,), dtype=np.int64),
-                    "num_objects": tfds.features.Tensor(shape=(), dtype=np.int64),
-                }
-            ),
-        )
+        scene = {
+            "image": tfds.features.Tensor(shape=(CANVAS, CANVAS, 1), dtype=np.uint8),
+            "boxes": tfds.features.Tensor(shape=(MAX_OBJECTS, 4), dtype=np.float32),
+            "labels": tfds.features.Tensor(shape=(MAX_OBJECTS,), dtype=np.int64),
+            "num_objects": tfds.features.Tensor(shape=(), dtype=np.int64),
+        }
+        return features.info(self, __doc__, scene)
 
     def _split_generators(self, dl_manager):
         del dl_manager

@@ -127,7 +127,7 @@ class IndexRows(grain.transforms.Map):
         return {INDEX: np.asarray(indices[self.rows.rows], np.int32)}
 
 
-def train_input(config, source, rows, indices, mesh, pixel_max: int) -> Input:
+def resident_input(config, source, rows, indices, mesh, pixel_max: int) -> Input:
     """The training `Input` of device placement: `indices` is the host pipeline's Grain dataset
     of global index batches (shuffled, repeated, batched), so both placements take the same
     examples in the same order."""
@@ -139,10 +139,10 @@ def train_input(config, source, rows, indices, mesh, pixel_max: int) -> Input:
     return Input(batches, arrays, materialize, spec, "device")
 
 
-def eval_arrays(eval_data, mesh) -> dict:
-    """An eval split as stored on the devices: read, decoded and binarized exactly as the host
-    pipeline's batches (its fixed seed, as one process: every process holds the whole split)."""
-    whole = eval_data.as_one_process()
+def eval_arrays(whole: list[dict], mesh) -> dict:
+    """An eval split as stored on the devices, from every global batch of the host pipeline read
+    whole (`EvalData.as_one_process`: decoded and binarized with its fixed seed, as one process;
+    every process holds the whole split)."""
     real = [{k: v[b["mask"] > 0] for k, v in b.items() if k != "mask"} for b in whole]
     arrays = {k: np.concatenate([r[k] for r in real]) for k in real[0]}
     return jax.device_put(arrays, sharding.replicated(mesh))

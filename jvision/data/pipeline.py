@@ -9,8 +9,9 @@ global batch from a seed shared by all processes and keep their rows.
 
 Batches are dicts of NumPy arrays holding this process's rows: `image` float32 [B, H, W, C] in
 [0, 1] (binarized to {0, 1} when `data.binarize` asks for it), other fields as stored, 64-bit
-integers as int32 (`label` [B] for classification datasets, `boxes` [B, 4, 4] and `labels` [B, 4]
-for detection); eval batches add `mask` float32 [B] (0 marks padding).
+integers as int32 (`label` [B] for classification datasets; `boxes` [B, M, 4] and `labels`
+[B, M] for detection, M the dataset's most objects per image, -1 labels padding: 4 for the MNIST
+scenes, 24 for KITTI); eval batches add `mask` float32 [B] (0 marks padding).
 """
 
 import logging
@@ -20,6 +21,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from jvision import logs
 from jvision.data import on_device, sources
@@ -91,8 +93,6 @@ class ResizeCrop(grain.transforms.Map):
         self.size = size
 
     def map(self, example):
-        from PIL import Image
-
         image = example["image"]
         height, width = image.shape[:2]
         scale = self.size / min(height, width)
@@ -184,8 +184,8 @@ def _source(data: ml_collections.ConfigDict, split: str):
 
 class Remembered:
     """A random-access source that keeps each example the first time it is read: a short run
-    reads only what it uses (a tiny run used to read all 16,000 scenes first, 2 s), a long one
-    reads each example once."""
+    reads only what it uses (reading all 16,000 scenes first would take a tiny run 2 s), a long
+    one reads each example once."""
 
     def __init__(self, source):
         self._source = source
@@ -210,11 +210,11 @@ def _index_batches(config: ml_collections.ConfigDict, size: int) -> grain.MapDat
     return indices.repeat(None).batch(config.batch_size, drop_remainder=True)
 
 
-def train_input(
+def training_input(
     config: ml_collections.ConfigDict, examples=None, mesh=None, process: tuple | None = None
 ) -> on_device.Input:
     """The training data as a jitted step takes it (`on_device.Input`), placed as
-    `data.placement` says: on the host (`train_data`) or on the devices of `mesh`
+    `data.placement` says: on the host (`host_batches`) or on the devices of `mesh`
     (`jvision.data.on_device`)."""
     data = config.data
     source = _source(data, data.train_split)
@@ -227,12 +227,12 @@ def train_input(
         rows = ProcessRows(config.batch_size, *(process or ()))
         indices = _index_batches(config, len(source))
         pixel_max = sources.spec(data.name).pixel_max
-        return on_device.train_input(config, source, rows, indices, mesh, pixel_max)
-    batches, spec = train_data(config, examples, process, source=source)
+        return on_device.resident_input(config, source, rows, indices, mesh, pixel_max)
+    batches, spec = host_batches(config, examples, process, source=source)
     return on_device.Input(batches, {}, on_device.as_given, spec, "host")
 
 
-def train_data(
+def host_batches(
     config: ml_collections.ConfigDict, examples=None, process: tuple | None = None, source=None
 ):
     """An infinite, checkpointable iterator of this process's rows of the training batches, read
@@ -308,33 +308,28 @@ class EvalData:
         )
         self.arrays, self.materialize = {}, on_device.as_given
         if placement == "device":
-            self.arrays = on_device.eval_arrays(self, mesh)
+            self.arrays = on_device.eval_arrays(self.as_one_process(), mesh)
             self.materialize = on_device.transform(config, 1, train=False)
 
     def as_one_process(self) -> list[dict[str, np.ndarray]]:
         """Every global batch whole, as one process reads them on the host."""
-        whole = ProcessRows(self.rows.global_size, 0, 1)
-        rows, self.rows = self.rows, whole
-        try:
-            return list(self._host_batches())
-        finally:
-            self.rows = rows
+        return list(self._host_batches(ProcessRows(self.rows.global_size, 0, 1)))
 
     def __iter__(self):
         if self.arrays:
             return on_device.eval_indices(self.size, self.rows, self.num_batches)
-        return self._host_batches()
+        return self._host_batches(self.rows)
 
-    def _host_batches(self):
-        global_size, local_size = self.rows.global_size, self.rows.rows.stop - self.rows.rows.start
+    def _host_batches(self, rows: ProcessRows):
+        global_size, local_size = rows.global_size, rows.rows.stop - rows.rows.start
         rng = np.random.default_rng(EVAL_BINARIZE_SEED)
         for index in range(self.num_batches):
             start = index * global_size
             real = min(global_size, self.size - start)  # Rows of this global batch that exist.
-            mine = range(start + self.rows.rows.start, start + min(self.rows.rows.stop, real))
+            mine = range(start + rows.rows.start, start + min(rows.rows.stop, real))
             batch = self.decode.map(self._read(mine))
             if self.binarize:  # Draws for the whole global batch: its padding rows' are unused.
-                draws = self.rows.draws(rng, batch["image"].shape[1:])[: len(mine)]
+                draws = rows.draws(rng, batch["image"].shape[1:])[: len(mine)]
                 batch["image"] = binarize(batch["image"], draws)
             yield pad_batch(batch, local_size)
 

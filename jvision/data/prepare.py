@@ -9,15 +9,10 @@ imagenet2012, the archives in TFDS's manual_dir). Two prepares of one dataset at
 waits for the first and finds it ready. Bad input or a failed download: one line, exit 1.
 """
 
-from jvision import preemption
+from absl import app, flags
 
-if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
-    preemption.stop_while_starting()
-
-from absl import app, flags  # noqa: E402
-
-from jvision import cli  # noqa: E402
-from jvision.data import sources  # noqa: E402
+from jvision import cli
+from jvision.data import sources
 
 _DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(sources.DATASETS), "Dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")

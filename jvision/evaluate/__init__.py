@@ -26,18 +26,20 @@ from etils import epath
 from flax import nnx
 
 from jvision import (
-    checkpoint_reader,
-    config_lib,
-    evaluation,
-    evaluators,
+    calibration,
+    config_overrides,
+    config_saved,
+    metrics,
     models,
+    pictures,
     sharding,
     summaries,
 )
-from jvision import workdir as workdir_lib
 from jvision.data import pipeline
 from jvision.errors import UserError
 from jvision.ops.detection_metrics import score as score_detections
+from jvision.over_batches import OverBatches
+from jvision.safety import files, reader
 
 __all__ = ["Run", "load", "score_detections"]
 
@@ -75,10 +77,8 @@ class Run:
         splits or all on `split`. For the final step and the training's eval batch size and
         devices, these are the numbers in `results.json`."""
         graphdef, state = self._split
-        results = {}
-        for evaluator in evaluators.build(self.family, self._config(split), self.mesh):
-            results.update(evaluator.run(graphdef, state, self.step))
-        return results
+        evaluators = metrics.build(self.family, self._config(split), self.mesh)
+        return metrics.run_all(evaluators, graphdef, state, self.step)
 
     def image_grids(self, split: str | None = None, n: int | None = None) -> dict[str, np.ndarray]:
         """The family's pictures of the first `n` examples of `split` (default: as in training,
@@ -88,8 +88,8 @@ class Run:
         batch_size = _round_up(max(n, self.config.eval_batch_size), jax.device_count())
         config = self._config(split, batch_size)
         graphdef, state = self._split
-        pictures = evaluation.Pictures(self.family, self.mesh, config.seed, n)
-        return pictures(
+        drawn = pictures.Pictures(self.family, self.mesh, config.seed, n)
+        return drawn(
             graphdef, state, pipeline.first_batch(config, config.data.eval_split), self.step
         )
 
@@ -139,12 +139,12 @@ class Run:
         self._fitting_shapes.add(shape)
 
     @functools.cached_property
-    def _predict(self) -> evaluation.OverBatches:
+    def _predict(self) -> OverBatches:
         def predict(model, batch, step, index):
             del index
             return self.family.predict(model, batch, step)
 
-        return evaluation.OverBatches(predict, self.mesh)
+        return OverBatches(predict, self.mesh)
 
 
 def _checked_images(images) -> np.ndarray:
@@ -183,7 +183,7 @@ def load(
     Raises:
       UserError: no checkpoint, no such step, an unknown model, a bad override.
     """
-    workdir = workdir_lib.path(workdir)
+    workdir = files.path(workdir)
     overrides = dict(overrides or {})
     fixed = sorted(k for k in overrides if k == "model" or k.startswith("model."))
     if fixed:
@@ -191,26 +191,36 @@ def load(
             f"{', '.join(fixed)} cannot change at evaluation: the checkpoint fixes the model"
         )
     mesh = sharding.make_mesh()  # Data-parallel over this machine's devices.
-    built = {}
+    replicated = sharding.replicated(mesh)
 
-    def target(meta: dict) -> dict:
-        """The model of the checkpoint's config, placed on every device: what to read into."""
-        config = config_lib.from_saved(meta["config"])
-        config_lib.apply_overrides(config, overrides)
-        family = models.get(config.model.name)
-        model = family.build(config.model, nnx.Rngs(config.seed))
-        state = jax.device_put(nnx.state(model), sharding.replicated(mesh))
-        built.update(config=config, family=family, graphdef=nnx.graphdef(model), state=state)
-        return nnx.to_pure_dict(state)
+    def model_of(meta: dict) -> nnx.Module:
+        """The checkpoint's model, abstract, each array to be read onto every device."""
+        config = _config_of(meta, overrides)
+        family = models.get(config.model)
+        abstract = nnx.eval_shape(lambda: family.build(nnx.Rngs(config.seed)))
+        graphdef, state = nnx.split(abstract)
+        placed = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
+        )
+        return nnx.merge(graphdef, placed)
 
-    restored, meta = checkpoint_reader.load_model(workdir, step, target=target)
-    config, family, graphdef, state = (built[k] for k in ("config", "family", "graphdef", "state"))
-    nnx.replace_by_pure_dict(state, restored)
+    model, meta = reader.read_model(workdir, model_of, step)
+    config = _config_of(meta, overrides)
+    family = models.get(config.model)
     if config.eval_batch_size % jax.device_count():  # Padding rows are masked: same metrics.
         config.eval_batch_size = _round_up(config.eval_batch_size, jax.device_count())
         log.info("eval_batch_size rounded up to %d", config.eval_batch_size)
+    graphdef, state = nnx.split(model)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    calibrate = evaluation.calibrator(family, config, mesh, graphdef, shardings)
+    calibrate = calibration.calibrator(family, config, mesh, graphdef, shardings)
     model = nnx.merge(graphdef, calibrate(state, meta["step"]))  # As the trainer evaluates it.
     model.eval()
     return Run(workdir, config, meta["step"], family, model, mesh)
+
+
+def _config_of(meta: dict, overrides: dict) -> ml_collections.ConfigDict:
+    """The config a checkpoint was written with, keys added since at their defaults, with the
+    evaluation's `overrides`."""
+    config = config_saved.from_saved(meta["config"])
+    config_overrides.apply_overrides(config, overrides)
+    return config

@@ -4,19 +4,16 @@
 Prints `{"step": N, "metrics": {...}}` (the format of `results.json`) as JSON on stdout and, with
 `--images`, writes the family's pictures there as PNGs. `--config.KEY=VALUE` changes what is
 evaluated (e.g. `--config.data.name=full_mnist --config.eval_batch_size=100`), never the model.
-Bad input ends with one line on stderr and exit status 1.
+Bad input ends with one line on stderr and exit status 1, checked before the model is read.
 """
 
 import json
+import sys
 
-from jvision import preemption
+from absl import app, flags
 
-if __name__ == "__main__":  # First: a stop at any moment is one line and exit 75.
-    preemption.stop_while_starting()
-
-from absl import app, flags  # noqa: E402
-
-from jvision import cli  # noqa: E402
+from jvision import cli, evaluate, summaries
+from jvision.safety import files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
@@ -37,19 +34,19 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def work():
-        cli.configure_logs()
-        cli.hide_tensorflow_from_accelerators()
-        from jvision import evaluate, summaries
-        from jvision import workdir as workdir_lib
-
+        cli.start()
+        pictures = files.path(_IMAGES.value) if _IMAGES.value else None
+        if pictures is not None:
+            files.check_directory(pictures, "--images")
         run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES)
         metrics = run.evaluate(_SPLIT.value)
-        if _IMAGES.value:
-            directory = workdir_lib.path(_IMAGES.value)
-            directory.mkdir(parents=True, exist_ok=True)
-            for name, grid in run.image_grids(_SPLIT.value).items():
-                workdir_lib.save_png(directory / f"{name}.png", summaries.image_grid(grid)[0])
+        # The metrics first: a picture that cannot be written (a full disk) loses none of them.
         print(json.dumps({"step": run.step, "metrics": metrics}, indent=2, sort_keys=True))
+        sys.stdout.flush()
+        if pictures is not None:
+            pictures.mkdir(parents=True, exist_ok=True)
+            for name, grid in run.image_grids(_SPLIT.value).items():
+                files.save_png(pictures / f"{name}.png", summaries.image_grid(grid)[0])
 
     cli.run(work)
 

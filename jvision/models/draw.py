@@ -188,18 +188,18 @@ class DRAW(nnx.Module):
         return jax.random.normal(key, (self.num_glimpses, batch, self.latent_size))
 
 
-def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> DRAW:
-    if model_config.num_glimpses < 1:  # A canvas drawn in no steps: nothing to train or show.
-        raise UserError(f"model.num_glimpses={model_config.num_glimpses}: use 1 or more")
+def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> DRAW:
+    if config.num_glimpses < 1:  # A canvas drawn in no steps: nothing to train or show.
+        raise UserError(f"model.num_glimpses={config.num_glimpses}: use 1 or more")
     return DRAW(
-        image_shape=tuple(model_config.image_shape),
-        num_glimpses=model_config.num_glimpses,
-        hidden_size=model_config.hidden_size,
-        latent_size=model_config.latent_size,
-        read_size=model_config.read_size,
-        write_size=model_config.write_size,
-        use_attention=model_config.use_attention,
-        dtype=model_config.dtype,
+        image_shape=tuple(config.image_shape),
+        num_glimpses=config.num_glimpses,
+        hidden_size=config.hidden_size,
+        latent_size=config.latent_size,
+        read_size=config.read_size,
+        write_size=config.write_size,
+        use_attention=config.use_attention,
+        dtype=config.dtype,
         rngs=rngs,
     )
 
@@ -215,10 +215,10 @@ def _per_example_terms(model: DRAW, batch, key) -> dict[str, jax.Array]:
 train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
-def log_importance_weights(model: DRAW, batch, key, step, num_samples: int) -> jax.Array:
+def log_importance_weights(config, model: DRAW, batch, key, step, num_samples: int) -> jax.Array:
     """[B, K] log p(x, z_k) − log q(z_k | x) for K = `num_samples` posterior samples, each a
     whole drawing sequence z_{1:T} (q is sequential: z_t depends on the earlier samples)."""
-    del step
+    del config, step
     images = batch["image"]
     tiled = jnp.broadcast_to(images, (num_samples, *images.shape)).reshape(-1, *images.shape[1:])
     canvas, steps = model(tiled, model.noise(key, tiled.shape[0]))
@@ -231,12 +231,12 @@ def _batch_major(per_step):
     return None if per_step is None else jnp.swapaxes(per_step, 0, 1)
 
 
-def predict(model: DRAW, batch, step):
+def predict(config, model: DRAW, batch, step):
     """The drawing of each image with every z_t at its posterior mean (no sampling noise):
     `canvases` [B, T, H, W, C] (Bernoulli means after each glimpse) and the attention windows
     `read_boxes`, `write_boxes` [B, T, 4] (ymin, xmin, ymax, xmax in pixels; None without
     attention)."""
-    del step
+    del config, step
     images = batch["image"]
     noise = jnp.zeros((model.num_glimpses, images.shape[0], model.latent_size))
     _, recorded = model(images, noise, record=True)
@@ -257,11 +257,11 @@ def _pick(per_step, steps, rows):
     return None if per_step is None else per_step[steps, :rows]
 
 
-def image_summaries(model: DRAW, batch, key, step):
+def image_summaries(config, model: DRAW, batch, key, step):
     """The numbers behind the drawing sequences (the paper's Figures 1 and 7), at up to 16 evenly
     spaced glimpses: canvases of prior samples with their write windows, canvases of test images
     with their read and write windows, and final prior samples."""
-    del step
+    del config, step
     images = batch["image"]
     rows = min(MAX_SUMMARY_ROWS, images.shape[0])
     steps = _shown_steps(model.num_glimpses)
@@ -290,11 +290,12 @@ def _sequence_grid(frames: np.ndarray, boxes_and_colors) -> np.ndarray:
     return flat.reshape(shown, rows, *flat.shape[1:]).swapaxes(0, 1)
 
 
-def draw_summaries(outputs):
+def draw_summaries(config, outputs):
     """- `generation`: rows are samples from the prior, columns glimpses; write windows in red.
     - `reconstruction`: rows are test images (first column), then the canvas after each shown
       glimpse with the read window (green) and write window (red) of that glimpse.
     - `samples`: final canvases of prior samples, 16 per row."""
+    del config
     generation = _sequence_grid(
         outputs["generation"], [(outputs["generation_write_boxes"], WRITE_COLOR)]
     )

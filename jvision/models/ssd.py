@@ -180,49 +180,46 @@ class SSD(nnx.Module):
 
 
 class Detector(nnx.Module):
-    """The network plus what it is trained and decoded with (priors, loss and NMS settings)."""
+    """The network and its priors: centre boxes [P, 4] from the config's feature sizes, scales
+    and aspect ratios, kept with the weights in the checkpoint."""
 
-    def __init__(self, model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         self.network = SSD(
-            tuple(model_config.base_widths),
-            tuple(model_config.aux_widths),
-            tuple(len(r) + 1 for r in model_config.aspect_ratios),
+            tuple(config.base_widths),
+            tuple(config.aux_widths),
+            tuple(len(r) + 1 for r in config.aspect_ratios),
             rngs=rngs,
         )
         self.priors = nnx.Variable(
             jnp.asarray(
                 box_ops.ssd_priors(
-                    tuple(model_config.feature_sizes),
-                    tuple(model_config.prior_scales),
-                    tuple(tuple(r) for r in model_config.aspect_ratios),
+                    tuple(config.feature_sizes),
+                    tuple(config.prior_scales),
+                    tuple(tuple(r) for r in config.aspect_ratios),
                 )
             )
         )
-        self.iou_threshold = float(model_config.iou_threshold)
-        self.negatives_per_positive = float(model_config.negatives_per_positive)
-        self.class_weight = float(model_config.class_weight)
-        self.score_threshold = float(model_config.score_threshold)
-        self.nms_iou_threshold = float(model_config.nms_iou_threshold)
-        self.max_detections_per_class = int(model_config.max_detections_per_class)
 
     def __call__(self, images):
         return self.network(images)
 
-    def loss_terms(self, offsets, logits, gt_boxes, gt_labels):
-        return multibox_loss(
-            offsets,
-            logits,
-            gt_boxes,
-            gt_labels,
-            self.priors[...],
-            self.iou_threshold,
-            self.negatives_per_positive,
-            self.class_weight,
-        )
+
+def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Detector:
+    return Detector(config, rngs=rngs)
 
 
-def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Detector:
-    return Detector(model_config, rngs=rngs)
+def _loss_terms(config, model: Detector, offsets, logits, gt_boxes, gt_labels):
+    """`multibox_loss` with the config's matching and mining settings."""
+    return multibox_loss(
+        offsets,
+        logits,
+        gt_boxes,
+        gt_labels,
+        model.priors[...],
+        float(config.iou_threshold),
+        float(config.negatives_per_positive),
+        float(config.class_weight),
+    )
 
 
 def top_n_sum(values: jax.Array, n: jax.Array, iterations: int = 40) -> jax.Array:
@@ -295,20 +292,21 @@ def multibox_loss(
     }
 
 
-def train_loss(model: Detector, batch, key, step):
+def train_loss(config, model: Detector, batch, key, step):
     del key, step  # Deterministic, no schedules.
     offsets, logits = model(batch["image"])
-    terms = model.loss_terms(offsets, logits, batch["boxes"], batch["labels"])
-    return terms["loss"], terms
+    terms = _loss_terms(config, model, offsets, logits, batch["boxes"], batch["labels"])
+    loss = terms.pop("loss")
+    return loss, terms
 
 
-def eval_metrics(model: Detector, batch, key, step):
+def eval_metrics(config, model: Detector, batch, key, step):
     """Per-image loss terms (each image treated as its own batch), for a `mean_metrics` eval."""
     del key, step
     offsets, logits = model(batch["image"])
 
     def one(offsets, logits, boxes, labels):
-        return model.loss_terms(offsets[None], logits[None], boxes[None], labels[None])
+        return _loss_terms(config, model, offsets[None], logits[None], boxes[None], labels[None])
 
     return jax.vmap(one)(offsets, logits, batch["boxes"], batch["labels"])
 
@@ -331,7 +329,7 @@ def detect(
     )
 
 
-def predict(model: Detector, batch, step=None):
+def predict(config, model: Detector, batch, step):
     """Detections for a batch of images [B, 32, 32, 1]: each field of `detect` with a leading
     batch axis. BatchNorm uses its running statistics whatever mode `model` is in."""
     del step
@@ -341,23 +339,24 @@ def predict(model: Detector, batch, step=None):
         functools.partial(
             detect,
             priors=model.priors[...],
-            score_threshold=model.score_threshold,
-            iou_threshold=model.nms_iou_threshold,
-            max_per_class=model.max_detections_per_class,
+            score_threshold=float(config.score_threshold),
+            iou_threshold=float(config.nms_iou_threshold),
+            max_per_class=int(config.max_detections_per_class),
         )
     )(offsets, logits)
 
 
-def image_summaries(model: Detector, batch, key, step):
+def image_summaries(config, model: Detector, batch, key, step):
     """Test scenes with their ground truth and detections (drawn by `draw_summaries`)."""
     del key
-    return summaries.detection_outputs(batch, predict(model, batch, step))
+    return summaries.detection_outputs(batch, predict(config, model, batch, step))
 
 
 SUMMARY_MIN_SCORE = 0.4  # As the tutorial's figures.
 
 
-def draw_summaries(outputs):
+def draw_summaries(config, outputs):
     """Scenes ×4: ground truth boxes (green) and detections with score ≥ 0.4 (red), each labelled
     with its digit and its score in percent; 8 per row."""
+    del config
     return {"detections": summaries.detection_rows(outputs, SUMMARY_MIN_SCORE)}

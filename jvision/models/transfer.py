@@ -29,10 +29,9 @@ def _normalise(images: jax.Array) -> jax.Array:
 
 
 class Classifier(nnx.Module):
-    def __init__(self, model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        height, width, channels = model_config.image_shape
-        scale = model_config.scale
-        self.freeze_stages = model_config.freeze_stages
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        height, width, channels = config.image_shape
+        scale = config.scale
         self.encoder = _resnet.ResNetTrunk(channels, scale, rngs=rngs)
         # BatchNorm statistics stay those of pretraining (or the initial ones): always eval mode.
         self.encoder.set_attributes(use_running_average=True)
@@ -40,7 +39,7 @@ class Classifier(nnx.Module):
         dense_init = nnx.initializers.normal(0.01)
         self.dropout = nnx.Dropout(0.5)
         self.hidden = nnx.Linear(features, 512, kernel_init=dense_init, rngs=rngs)
-        self.logits = nnx.Linear(512, model_config.num_classes, kernel_init=dense_init, rngs=rngs)
+        self.logits = nnx.Linear(512, config.num_classes, kernel_init=dense_init, rngs=rngs)
 
     def __call__(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
         features = self.encoder(_normalise(images))
@@ -49,11 +48,11 @@ class Classifier(nnx.Module):
         return precision.float32(self.logits(jax.nn.relu(self.hidden(x))))
 
 
-def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Classifier:
-    return Classifier(model_config, rngs=rngs)
+def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Classifier:
+    return Classifier(config, rngs=rngs)
 
 
-def _frozen_stage(path) -> int | None:
+def _encoder_stage(path) -> int | None:
     """Which encoder stage a parameter path belongs to (None outside the encoder)."""
     keys = [getattr(k, "key", k) for k in path]
     if not keys or keys[0] != "encoder":
@@ -61,15 +60,16 @@ def _frozen_stage(path) -> int | None:
     return int(keys[2]) + 1 if keys[1] == "layers" else 0
 
 
-def trainable(model: Classifier):
-    """The filter of parameters the optimizer updates: the head and unfrozen encoder convs."""
+def trainable(config, model: Classifier):
+    """The filter of parameters the optimizer updates: the head, and the encoder convs of the
+    stages not frozen (the first `config.freeze_stages`; -1: every stage is frozen)."""
     num_stages = 1 + len(model.encoder.layers)
-    frozen = num_stages if model.freeze_stages < 0 else model.freeze_stages
+    frozen = num_stages if config.freeze_stages < 0 else config.freeze_stages
 
     def is_trainable(path, value) -> bool:
         if not isinstance(value, nnx.Param):
             return False
-        stage = _frozen_stage(path)
+        stage = _encoder_stage(path)
         if stage is None:
             return True
         # Encoder convs have no bias; every other encoder parameter is a BatchNorm scale/offset.
@@ -85,32 +85,34 @@ def _per_example(model: Classifier, batch, key):
     return logits, {"loss": loss, "top1": correct}
 
 
-def train_loss(model: Classifier, batch, key, step):
-    del step
+def train_loss(config, model: Classifier, batch, key, step):
+    del config, step
     _, terms = _per_example(model, batch, key)
     terms = {name: value.mean() for name, value in terms.items()}
-    return terms["loss"], terms
+    loss = terms.pop("loss")
+    return loss, terms
 
 
-def eval_metrics(model: Classifier, batch, key, step):
-    del key, step
+def eval_metrics(config, model: Classifier, batch, key, step):
+    del config, key, step
     return _per_example(model, batch, None)[1]
 
 
-def predict(model: Classifier, batch, step):
+def predict(config, model: Classifier, batch, step):
     """Class `logits` [B, classes] and the predicted `label` [B]."""
-    del step
+    del config, step
     logits = model(batch["image"], None)
     return {"logits": logits, "label": jnp.argmax(logits, -1)}
 
 
-def image_summaries(model: Classifier, batch, key, step):
+def image_summaries(config, model: Classifier, batch, key, step):
     del key
-    return {"images": batch["image"], "true": batch["label"], **predict(model, batch, step)}
+    return {"images": batch["image"], "true": batch["label"], **predict(config, model, batch, step)}
 
 
-def draw_summaries(outputs):
+def draw_summaries(config, outputs):
     """Test inputs with the predicted class drawn in the corner, green when right; 16 per row."""
+    del config
     pictures = summaries.to_rgb(outputs["images"]).astype(np.float32)
     for image, predicted, true in zip(pictures, outputs["label"], outputs["true"], strict=True):
         color = CORRECT_COLOR if predicted == true else WRONG_COLOR

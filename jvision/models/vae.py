@@ -106,12 +106,12 @@ class VAE(nnx.Module):
         return self.decode(z), mean, logvar
 
 
-def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> VAE:
+def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> VAE:
     return VAE(
-        tuple(model_config.image_shape),
-        model_config.latent_dim,
-        tuple(model_config.widths),
-        tuple(model_config.strides),
+        tuple(config.image_shape),
+        config.latent_dim,
+        tuple(config.widths),
+        tuple(config.strides),
         rngs=rngs,
     )
 
@@ -127,9 +127,9 @@ def _per_example_terms(model: VAE, batch, key) -> dict[str, jax.Array]:
 train_loss, eval_metrics = _variational.nelbo_objective(_per_example_terms)
 
 
-def log_importance_weights(model: VAE, batch, key, step, num_samples: int) -> jax.Array:
+def log_importance_weights(config, model: VAE, batch, key, step, num_samples: int) -> jax.Array:
     """[B, K] log p(x, z_k) − log q(z_k | x) for K = `num_samples` posterior samples z_k."""
-    del step
+    del config, step
     images = batch["image"]
     mean, logvar = model.encode(images)  # [B, Z]
     z = distributions.reparameterized_sample(
@@ -143,26 +143,27 @@ def log_importance_weights(model: VAE, batch, key, step, num_samples: int) -> ja
     return (log_likelihood + log_prior - log_posterior).T
 
 
-def predict(model: VAE, batch, step):
+def predict(config, model: VAE, batch, step):
     """The posterior (`mean`, `logvar` [B, latent]) and the reconstruction of its mean
     (`reconstruction` [B, H, W, C], Bernoulli means)."""
-    del step
+    del config, step
     mean, logvar = model.encode(batch["image"])
     return {"reconstruction": jax.nn.sigmoid(model.decode(mean)), "mean": mean, "logvar": logvar}
 
 
-def image_summaries(model: VAE, batch, key, step):
+def image_summaries(config, model: VAE, batch, key, step):
     """Inputs beside their reconstructions (posterior mean decoded), and prior samples."""
     images = batch["image"]
-    reconstruction = predict(model, batch, step)["reconstruction"]
+    reconstruction = predict(config, model, batch, step)["reconstruction"]
     z = jax.random.normal(key, (images.shape[0], model.latent_dim))
     samples = jax.nn.sigmoid(model.decode(z))
     return {"pairs": jnp.stack([images, reconstruction], axis=1), "samples": samples}
 
 
-def draw_summaries(outputs):
+def draw_summaries(config, outputs):
     """Rows of 8 (input, reconstruction) pairs under a row naming them, and rows of 16
     samples."""
+    del config
     pairs = summaries.as_rows(outputs["pairs"], 8)  # [rows, pairs, 2, H, W, C]
     rows = pairs.reshape(pairs.shape[0], -1, *pairs.shape[3:])
     return {

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of everything a run needs to resume exactly: the writer and its restore.
+"""Orbax checkpoints of everything a run needs to resume exactly: saving, and finding the newest
+intact one.
 
 A checkpoint `<workdir>/checkpoints/<step>/` holds four items:
 
@@ -7,26 +8,28 @@ A checkpoint `<workdir>/checkpoints/<step>/` holds four items:
     data    the Grain iterator's position (one file per process)
     meta    {"step": N, "config": the resolved config}
 
-and `jvision_checksums.json` (`jvision.checksums`), written before Orbax commits it. Restoring
-verifies the newest checkpoint first; one that fails (or has no checksums) is moved aside to
-`<workdir>/checkpoints_damaged/` (never deleted) and the next older one is tried. A checkpoint
-written for another model is refused, naming the differing keys. Reading a checkpoint without
-the optimizer or the data (evaluation, `init_from`) is `jvision.checkpoint_reader`.
+and `jvision_checksums.json` (`jvision.safety.checksums`), written before Orbax commits it.
+`newest_intact` verifies the newest checkpoint first; one that fails (or has no checksums) is moved
+aside to `<workdir>/checkpoints_damaged/` (never deleted) and the next older one is tried. Whether
+an intact checkpoint suits the run (the same model) is the trainer's decision. Reading a
+checkpoint without the optimizer or the data (evaluation, `init_from`) is
+`jvision.safety.reader`.
 """
 
+import dataclasses
 import functools
 import logging
 
 import grain
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from jvision import checksums, config_lib, logs
-from jvision import workdir as workdir_lib
+from jvision import logs
 from jvision.errors import UserError
+from jvision.safety import checksums, files
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,7 @@ COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into a save it commit
 
 
 def directory(workdir: epath.Path) -> epath.Path:
-    return workdir / workdir_lib.CHECKPOINTS_DIR
-
-
-def as_json(tree):
-    """A tree (a config dict) as JSON would give it back (tuples as lists, other values str)."""
-    import json
-
-    return json.loads(json.dumps(tree, default=str))
+    return workdir / files.CHECKPOINTS_DIR
 
 
 def target(tree):
@@ -60,7 +56,7 @@ def is_unfinished(entry: epath.Path) -> bool:
     commits by writing `COMMIT_FILE` last, a step directory without that file."""
     if TEMPORARY_MARK in entry.name:
         return True
-    in_bucket_step = workdir_lib.is_uri(entry) and entry.name.isdigit()
+    in_bucket_step = files.is_uri(entry) and entry.name.isdigit()
     return in_bucket_step and not (entry / COMMIT_FILE).exists()
 
 
@@ -73,8 +69,6 @@ def remove_unfinished_saves(checkpoints: epath.Path, sync: bool = True) -> None:
             if is_unfinished(entry):
                 entry.rmtree()
     if sync and jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("jvision_remove_unfinished_saves")
 
 
@@ -121,11 +115,21 @@ class _Manager(ocp.CheckpointManager):
     exact match): a late call from that thread with an older step can make one process publish
     a step it has passed, miss the agreed stop and train on while the others wait for it at the
     save's barrier; the run hangs. Only the training loop asks, from the main thread, once per
-    step (`preemption.StopRequests`)."""
+    step (`stops.StopRequests`)."""
 
     def reached_preemption(self, step: int) -> bool:
         del step
         return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Intact:
+    """A checkpoint that verified: its step, the config it was written with (as saved), and the
+    newer steps found damaged and set aside on the way."""
+
+    step: int
+    config: dict
+    skipped: tuple[int, ...] = ()
 
 
 class Checkpoints:
@@ -138,7 +142,7 @@ class Checkpoints:
         remove_unfinished_saves(self.directory)
         write_each_array_whole_in_one_process()
         self.manager = _Manager(
-            directory(workdir_lib.without_glob_characters(workdir)),
+            directory(files.without_glob_characters(workdir)),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 create=False,  # Made by the first save: a refused run leaves no trace.
@@ -163,11 +167,12 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: nnx.State, data: grain.DatasetIterator, config) -> None:
-        """Saves the training state `{"model", "opt"}`, the data position and the config."""
+    def save(self, step: int, state: nnx.State, data: grain.DatasetIterator, config: dict) -> None:
+        """Saves the training state `{"model", "opt"}`, the data position and the config (a
+        dict that JSON can hold)."""
         self.manager.wait_until_finished()  # One save in flight at a time: its step is known.
         self._pending_step = step
-        meta = {"step": step, "config": as_json(config.to_dict())}
+        meta = {"step": step, "config": config}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -184,7 +189,7 @@ class Checkpoints:
             damaged = self.workdir / DAMAGED_DIR
             damaged.mkdir(parents=True, exist_ok=True)
             if not damaged.exists():  # A bucket through gcsfs: a folder exists by its files.
-                workdir_lib.write_atomically(damaged / DAMAGED_README, DAMAGED_NOTE)
+                files.write_atomically(damaged / DAMAGED_README, DAMAGED_NOTE)
             destination, copy = damaged / str(step), 1
             while destination.exists():
                 destination, copy = damaged / f"{step}.{copy}", copy + 1
@@ -194,8 +199,8 @@ class Checkpoints:
             )
         self.manager.reload()
 
-    def _model_config(self, step: int) -> dict:
-        """The model config a checkpoint was written with (raises when unreadable)."""
+    def _saved_config(self, step: int) -> dict:
+        """The config a checkpoint was written with (raises when unreadable)."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return meta["meta"]["config"]
 
@@ -210,58 +215,22 @@ class Checkpoints:
             ),
         )
 
-    def restore(
-        self, state: nnx.State, data: grain.DatasetIterator, config: ml_collections.ConfigDict
-    ) -> tuple[nnx.State, int] | None:
-        """Restores the newest intact checkpoint into `state` (returned) and `data` (in place).
-
-        Returns None when there is no checkpoint. Damaged checkpoints are set aside on the way;
-        when none is left intact, or an intact one was written for another model, `UserError`.
-        """
+    def newest_intact(self) -> "Intact | None":
+        """The newest checkpoint whose files match their checksums and whose metadata reads, and
+        the config it was written with; None when there is no checkpoint. Damaged ones on the
+        way are set aside (kept in `DAMAGED_DIR`); when none is left intact, `UserError`."""
         skipped = []
         for step in sorted(self.manager.all_steps(), reverse=True):
-            where = f"checkpoint {self.directory}/{step}"
             problem = checksums.verify(self.directory / str(step))
             try:
-                saved = self._model_config(step) if not problem else None
+                saved = self._saved_config(step) if not problem else None
             except Exception as error:  # Intact files, unreadable metadata: damaged all the same.
                 problem = f"its metadata is unreadable: {type(error).__name__}"
             if problem:
                 self._set_aside(step, problem)
                 skipped.append(step)
                 continue
-            # Keys added since the checkpoint was written take their defaults (`from_saved`).
-            saved = as_json(config_lib.from_saved(saved).to_dict())
-            changed = config_lib.model_differences(saved["model"], as_json(config.model.to_dict()))
-            if changed:
-                raise UserError(
-                    f"{where} was written for a different model (model."
-                    f"{', model.'.join(changed)} differ); use a new --workdir or the config that "
-                    "wrote it"
-                )
-            try:
-                restored = self._read(step, state, data)
-            except Exception as error:  # Its files are as written: the code changed, not it.
-                message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                raise UserError(
-                    f"{where} is intact (its checksums match) but does not fit this version's "
-                    f"model and optimizer ({message}); use the version of jvision that wrote "
-                    "it, or a new --workdir"
-                ) from error
-            for name in ("model", "opt"):
-                nnx.replace_by_pure_dict(state[name], restored[name])
-            if skipped:
-                log.warning(
-                    "resuming from step %d, the newest intact checkpoint; skipped damaged "
-                    "step(s) %s (kept in %s)",
-                    step,
-                    ", ".join(map(str, skipped)),
-                    self.workdir / DAMAGED_DIR,
-                )
-            changes = config_lib.settings_changes(saved, as_json(config.to_dict()))
-            if changes:  # Allowed (more steps, another eval split), but never silent.
-                log.warning("resuming with settings changed since: %s", "; ".join(changes))
-            return state, step
+            return Intact(step, saved, tuple(skipped))
         if skipped:
             raise UserError(
                 f"no intact checkpoint left in {self.directory}: step(s) "
@@ -269,6 +238,30 @@ class Checkpoints:
                 f"{self.workdir / DAMAGED_DIR}); use a new --workdir, or put back a good copy"
             )
         return None
+
+    def read(self, step: int, state: nnx.State, data: grain.DatasetIterator) -> nnx.State:
+        """Reads an intact checkpoint into the training state `{"model", "opt"}` (returned) and
+        the data iterator (in place); `UserError` when its arrays do not fit the state."""
+        pure = {name: nnx.to_pure_dict(state[name]) for name in ("model", "opt")}
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardRestore(target(pure["model"])),
+                    opt=ocp.args.StandardRestore(target(pure["opt"])),
+                    data=grain.checkpoint.CheckpointRestore(data),
+                ),
+            )
+        except Exception as error:  # Its files are as written: the code changed, not it.
+            message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            raise UserError(
+                f"checkpoint {self.directory}/{step} is intact (its checksums match) but does not "
+                f"fit this version's model and optimizer ({message}); use the version of jvision "
+                "that wrote it, or a new --workdir"
+            ) from error
+        for name in ("model", "opt"):
+            nnx.replace_by_pure_dict(state[name], restored[name])
+        return state
 
     def wait(self) -> None:
         """Blocks until the save in flight (if any) is committed."""

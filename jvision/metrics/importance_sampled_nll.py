@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jvision import metrics
 from jvision.data import pipeline
 from jvision.errors import UserError
-from jvision.evaluation import OverBatches
 from jvision.ops import distributions
+from jvision.over_batches import OverBatches
 
 SEED_OFFSET = 20_000  # Its samples differ from the training and mean_metrics noise.
 
@@ -42,11 +43,7 @@ def nll_per_example(family, model, batch, key, step, num_samples: int, samples_p
 
 class Evaluator:
     def __init__(self, name: str, family, config: ml_collections.ConfigDict, eval_config, mesh):
-        if family.log_importance_weights is None:
-            raise UserError(
-                f"evals.{name}: the {family.name} family has no log_importance_weights, which "
-                "importance_sampled_nll needs"
-            )
+        metrics.family_function(family, "log_importance_weights", name, "importance_sampled_nll")
         num_samples = int(eval_config.get("num_samples", 5000))
         samples_per_pass = int(eval_config.get("samples_per_pass", min(num_samples, 250)))
         if samples_per_pass < 1 or num_samples % samples_per_pass:

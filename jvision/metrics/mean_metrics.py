@@ -6,26 +6,22 @@ import jax
 import ml_collections
 from clu import metrics as clu_metrics
 
+from jvision import metrics
 from jvision.data import pipeline
-from jvision.errors import UserError
-from jvision.evaluation import OverBatches
+from jvision.over_batches import OverBatches
 
 EVAL_SEED_OFFSET = 10_000  # Eval noise differs from training noise but is fixed across evals.
 
 
 class Evaluator:
     def __init__(self, name: str, family, config: ml_collections.ConfigDict, eval_config, mesh):
-        if family.eval_metrics is None:
-            raise UserError(
-                f"evals.{name}: the mean_metrics evaluator needs the {family.name} family's "
-                "eval_metrics"
-            )
+        eval_metrics = metrics.family_function(family, "eval_metrics", name, "mean_metrics")
         self.name = name
         self.data = pipeline.EvalData(config, eval_config.split, mesh=mesh)
         base_key = jax.random.key(config.seed + EVAL_SEED_OFFSET)
 
         def averages(model, batch, step, index):
-            values = family.eval_metrics(model, batch, jax.random.fold_in(base_key, index), step)
+            values = eval_metrics(model, batch, jax.random.fold_in(base_key, index), step)
             collection = clu_metrics.Collection.create(
                 **{k: clu_metrics.Average.from_output(k) for k in values}
             )

@@ -27,8 +27,10 @@ while the responses only see window centres in its middle (a geometry mismatch);
 a non-square box squeezed to a square.
 """
 
+import cv2
 import numpy as np
 
+from jvision.errors import UserError
 from jvision.ops import correlation
 
 
@@ -46,8 +48,6 @@ def square_window(
 def crop(image: np.ndarray, top: float, left: float, side: float, size: int) -> np.ndarray:
     """The square window (top, left, side) of `image` [H, W, C], zeros outside the image, resized
     to [size, size, C] (bicubic, as pytlib). Coordinates are rounded to whole pixels."""
-    import cv2
-
     top, left, side = round(top), round(left), max(1, round(side))
     height, width, channels = image.shape
     window = np.zeros((side, side, channels), image.dtype)
@@ -111,8 +111,6 @@ class Triplets:
         labels = [_objects(source[i])[1] for i in range(len(source))]
         self.with_objects = [s for s, ls in enumerate(labels) if len(ls)]
         if not self.with_objects:
-            from jvision.errors import UserError
-
             raise UserError("triplets need scenes with objects; this split has none")
         self.objects = [  # Per class: (scene, object) pairs.
             [(s, o) for s, ls in enumerate(labels) for o, c in enumerate(ls) if c == k]
@@ -195,6 +193,3 @@ class Exemplars:
             crops[slot] = crop(scene["image"], *window, self.exemplar_size)
             padded[slot] = label
         return {"exemplars": crops, "exemplar_labels": padded}
-
-
-MAKERS = {"triplets": Triplets, "exemplars": Exemplars}

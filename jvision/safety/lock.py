@@ -1,134 +1,24 @@
-"""A run's directory, local or in a bucket: its layout and every file jvision writes there.
+"""One writer per workdir: an advisory lock on disks, a lease in buckets.
 
-All workdir I/O goes through `etils.epath`, so `gs://bucket/run` works wherever a local path does
-(Orbax, TensorBoard's writers and TFDS take the same paths). Layout:
-
-    checkpoints/<step>/   Orbax checkpoints (`jvision.checkpoint`)
-    config.json           the resolved config of the last run started here
-    results.json          the final evaluation: {"step": N, "metrics": {...}}
-    images/<name>.png     the final evaluation's pictures
-    events.out.tfevents.* TensorBoard
+`Lock` is what a run takes before it writes anything (`jvision.safety.rundir`); a second run on
+the same workdir is refused with one line naming the holder.
 """
 
-import io
-import json
+import datetime
+import fcntl
 import logging
 import os
+import socket
+import threading
+import time
+import uuid
 
-import numpy as np
 from etils import epath
 
+from jvision.errors import UserError
+from jvision.safety.files import is_uri, read_json, write_json
+
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
-IMAGES_DIR = "images"
-CHECKPOINTS_DIR = "checkpoints"
-CHECKSUMS_FILE = "jvision_checksums.json"  # In each committed checkpoint step directory.
-
-
-def is_uri(path: str | os.PathLike) -> bool:
-    """True for bucket paths (`gs://…`, `s3://…`), which are absolute already."""
-    return "://" in os.fspath(path)
-
-
-def path(workdir: str | os.PathLike) -> epath.Path:
-    """The workdir as an absolute `epath.Path` (local paths resolved, bucket paths kept)."""
-    if is_uri(workdir):
-        return epath.Path(os.fspath(workdir))
-    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir))))
-
-
-GLOB_CHARACTERS = "[]*?"
-
-
-def without_glob_characters(folder: epath.Path) -> epath.Path:
-    """`folder` as Orbax and tensorstore may be given it. They find a checkpoint's parts with
-    glob patterns built from its path, so `[`, `]`, `*`, `?` in it would be read as patterns
-    (`run[1]` matches `run1`, not itself). A local folder with them is reached through a
-    symbolic link in the temporary directory instead (one per folder, named by its hash; the
-    folder must exist). A bucket path with them is refused."""
-    import hashlib
-    import tempfile
-
-    from jvision.errors import UserError
-
-    text = os.fspath(folder)
-    if not any(c in text for c in GLOB_CHARACTERS):
-        return folder
-    if is_uri(text):
-        raise UserError(
-            f"{text}: a bucket workdir cannot contain any of {GLOB_CHARACTERS} (Orbax reads "
-            "them as patterns); choose another name"
-        )
-    links = os.path.join(tempfile.gettempdir(), f"jvision-paths-{os.getuid()}")
-    os.makedirs(links, exist_ok=True)
-    link = os.path.join(links, hashlib.sha256(text.encode()).hexdigest()[:32])
-    if not (os.path.islink(link) and os.readlink(link) == text):
-        temporary = f"{link}.{os.getpid()}"
-        os.symlink(text, temporary)
-        os.replace(temporary, link)  # Atomic: concurrent processes agree.
-    return epath.Path(link)
-
-
-def finished_step(workdir: epath.Path) -> int | None:
-    """The step `results.json` reports, when that step's checkpoint is committed and sealed;
-    None when the run has not finished, or its results and checkpoints disagree (a rerun of the
-    same command repairs that)."""
-    results = workdir / RESULTS_FILE
-    if not results.exists():
-        return None
-    try:
-        step = int(read_json(results)["step"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return None
-    sealed = workdir / CHECKPOINTS_DIR / str(step) / CHECKSUMS_FILE
-    return step if sealed.exists() else None
-
-
-def write_atomically(file: epath.Path, data: bytes) -> None:
-    """Writes a whole file so that a reader never sees half of it, and a failed write (a full
-    disk) leaves the old file, not a truncated one: on disks, a temporary file renamed over it
-    (removed when the write fails); in a bucket an object appears whole when its upload ends."""
-    if is_uri(file):
-        file.write_bytes(data)
-        return
-    temporary = file.parent / f".{file.name}.tmp"
-    try:
-        temporary.write_bytes(data)
-        temporary.replace(file)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_json(file: epath.Path, payload) -> None:
-    """Writes `payload` as JSON, atomically (`write_atomically`)."""
-    write_atomically(file, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
-
-
-def read_json(file: epath.Path, attempts: int = 3):
-    """The JSON in `file`. In a bucket, a file rewritten while it is read (the lease's heartbeat,
-    `results.json`) can come back cut at the old object's length: gcsfs and TensorFlow learn the
-    size, then fetch that many bytes of whichever object is there by then. JSON that does not
-    parse is read again there, `attempts` times in all; on disks a file is replaced whole."""
-    for attempt in range(1, attempts + 1):
-        text = file.read_text()
-        try:
-            return json.loads(text)
-        except ValueError:
-            if attempt == attempts or not is_uri(file):
-                raise
-
-
-def save_png(file: epath.Path, picture: np.ndarray) -> None:
-    """Writes an [H, W, C] uint8 picture (C is 1 or 3)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buffer, "PNG")
-    write_atomically(file, buffer.getvalue())
-
 
 HOLDER_FILE = ".jvision_lock.json"
 
@@ -154,10 +44,6 @@ class Lock:
 
     def acquire(self) -> None:
         """Takes the lock (creating the workdir if needed); `UserError` if another run holds it."""
-        import fcntl
-
-        from jvision.errors import UserError
-
         if is_uri(self.root):
             lease = Lease(self.root)
             lease.take()
@@ -178,8 +64,6 @@ class Lock:
     def _holder(self) -> str:
         """Who holds the lock, as its holder recorded it; a record left by a run that died
         (kill -9: its pid is gone from this host) names nobody."""
-        import socket
-
         try:
             holder = read_json(self.root / HOLDER_FILE)
             pid, host, since = int(holder["pid"]), holder["host"], holder["since"]
@@ -192,9 +76,6 @@ class Lock:
     def announce(self) -> None:
         """Records who holds the lock (after the run's checks, so refused runs write nothing).
         A lease records its holder from the start."""
-        import datetime
-        import socket
-
         if self._descriptor is not None:
             since = datetime.datetime.now().isoformat(timespec="seconds")
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
@@ -246,9 +127,6 @@ class Lease:
         fresh_secs: float = LEASE_FRESH_SECS,
         settle_secs: float = LEASE_SETTLE_SECS,
     ):
-        import threading
-        import uuid
-
         self.file = root / LEASE_FILE
         self.renew_secs, self.fresh_secs, self.settle_secs = renew_secs, fresh_secs, settle_secs
         self.token = uuid.uuid4().hex
@@ -258,12 +136,6 @@ class Lease:
 
     def take(self) -> None:
         """Claims the workdir, or raises `UserError` naming the run that holds it."""
-        import datetime
-        import threading
-        import time
-
-        from jvision.errors import UserError
-
         holder = self._read()
         if holder is not None and self._fresh(holder):
             raise UserError(
@@ -283,6 +155,12 @@ class Lease:
             )
         self._thread = threading.Thread(target=self._renew, name="jvision-lease", daemon=True)
         self._thread.start()
+
+    @property
+    def renewing(self) -> bool:
+        """Whether the heartbeat runs: from `take` until `release`, or until it finds the lease
+        taken over by another run."""
+        return self._thread is not None and self._thread.is_alive()
 
     def release(self) -> None:
         """Stops renewing and removes the lease, if it is still this run's."""
@@ -318,9 +196,6 @@ class Lease:
 
     def _fresh(self, holder: dict) -> bool:
         """Whether a lease read from the bucket still excludes others."""
-        import socket
-        import time
-
         try:
             age = time.time() - float(holder["renewed"])
             pid, host = int(holder["pid"]), holder["host"]
@@ -341,9 +216,6 @@ class Lease:
         return holder if isinstance(holder, dict) else {}
 
     def _write(self) -> None:
-        import socket
-        import time
-
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -356,8 +228,6 @@ class Lease:
 
 def _describe(holder: dict) -> str:
     """A lease's holder, for a message: pid, host, start and the heartbeat's age."""
-    import time
-
     try:
         age = f"renewed {max(0.0, time.time() - float(holder['renewed'])):.0f} s ago"
     except (KeyError, TypeError, ValueError):

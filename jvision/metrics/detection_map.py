@@ -10,8 +10,8 @@ import ml_collections
 import numpy as np
 
 from jvision.data import pipeline
-from jvision.evaluation import OverBatches
 from jvision.ops import detection_metrics
+from jvision.over_batches import OverBatches
 
 
 class Evaluator:

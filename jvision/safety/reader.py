@@ -1,5 +1,5 @@
 """Reading a workdir's model from its checkpoints, without the optimizer or the data: what
-`jvision.evaluate` and `config.init_from` need. Never writes.
+`jvision.evaluate`, `config.init_from` and the model zoo need. Never writes.
 
 The workdir may be training while it is read: without a step, the newest checkpoint that reads
 whole is taken, and when the trainer rotates it away (`keep_checkpoints`) before it is read, the
@@ -7,21 +7,23 @@ next newest; empty or unfinished step directories are passed over, as training p
 A checkpoint whose checksums fail (or are missing) is named, never loaded.
 """
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import nnx
 
-from jvision import checkpoint, checksums
-from jvision import workdir as workdir_lib
 from jvision.errors import UserError
+from jvision.safety import checkpoints, checksums, files
 
 
 def _steps(workdir: epath.Path) -> list[int]:
     """Committed steps, newest first (Orbax's temporary directories are not steps)."""
-    folder = checkpoint.directory(workdir)
+    folder = checkpoints.directory(workdir)
     if not folder.exists():
-        raise UserError(f"{workdir} holds no checkpoints (no {workdir_lib.CHECKPOINTS_DIR}/)")
+        raise UserError(f"{workdir} holds no checkpoints (no {files.CHECKPOINTS_DIR}/)")
     steps = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True)
     if not steps:
         raise UserError(f"{workdir} holds no checkpoints")
@@ -30,20 +32,20 @@ def _steps(workdir: epath.Path) -> list[int]:
 
 def _meta(workdir: epath.Path, step: int) -> dict:
     """A step's verified `meta`; `FileNotFoundError` when it vanished or was never whole."""
-    step_dir = checkpoint.directory(workdir) / str(step)
+    step_dir = checkpoints.directory(workdir) / str(step)
     problem = checksums.verify(step_dir)
     if problem:
         gone = not step_dir.exists() or not (step_dir / "meta").exists()
         # In a bucket, a save in flight is its step directory, not yet committed.
-        if gone or checkpoint.is_unfinished(step_dir):
+        if gone or checkpoints.is_unfinished(step_dir):
             raise FileNotFoundError(step_dir)
         raise UserError(f"checkpoint {step_dir} is damaged ({problem})")
-    return workdir_lib.read_json(step_dir / "meta" / "metadata")
+    return files.read_json(step_dir / "meta" / "metadata")
 
 
 def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
-    orbax_workdir = workdir_lib.without_glob_characters(workdir)
-    path = checkpoint.directory(orbax_workdir) / str(step) / "model"
+    orbax_workdir = files.without_glob_characters(workdir)
+    path = checkpoints.directory(orbax_workdir) / str(step) / "model"
     reader = ocp.PyTreeCheckpointer()
     try:
         if target is None:
@@ -53,7 +55,7 @@ def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
             )
             args = ocp.args.PyTreeRestore(restore_args=as_numpy)
         else:
-            target = checkpoint.target(target)
+            target = checkpoints.target(target)
             args = ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
             )
@@ -92,40 +94,53 @@ def _first_readable(workdir: epath.Path, step: int | None, read, attempts: int =
 def read_meta(workdir: str | epath.Path, step: int | None = None) -> dict:
     """The `meta` (`step`, `config`) of a workdir's checkpoint `step` (default: the newest that
     reads whole). Raises `UserError` when there is none, or it is damaged."""
-    workdir = workdir_lib.path(workdir)
+    workdir = files.path(workdir)
     return _first_readable(workdir, step, lambda candidate: _meta(workdir, candidate))
 
 
-def load_model(
-    workdir: str | epath.Path, step: int | None = None, target=None
-) -> tuple[dict, dict]:
-    """Reads the model variables of a workdir's checkpoint.
-
-    Args:
-      workdir: the run's directory (local or `gs://`).
-      step: which checkpoint; default: the newest that reads whole (see the module doc).
-      target: a pure dict of arrays (or shape/dtype structs) to restore into, or a function of
-        the checkpoint's `meta` returning one: the arrays are checked against it and placed
-        with its shardings. Default: NumPy arrays as saved.
-    Returns:
-      `(model, meta)`: the variables as a pure dict, and the checkpoint's `meta` (`step`,
-      `config`), both of the same step.
-    Raises:
-      UserError: no checkpoints, no such step, or a damaged checkpoint.
-    """
-    workdir = workdir_lib.path(workdir)
+def _read(workdir: epath.Path, step: int | None, target_of):
+    """`(variables, meta, built)` of one step (which: see the module doc), where
+    `(target, built) = target_of(meta)` and the variables are read into `target` (None: as
+    saved)."""
 
     def read(candidate: int):
         meta = _meta(workdir, candidate)
-        tree = target(meta) if callable(target) else target
+        target, built = target_of(meta)
         try:
-            return _model(workdir, candidate, tree), meta
+            return _model(workdir, candidate, target), meta, built
         except Exception as error:  # Whatever Orbax raises when the files vanish under it.
             # Rotated away while being read (a rotation midway leaves the directory with some
             # of its files): the error is the checkpoint's only when it is still whole.
-            step_dir = checkpoint.directory(workdir) / str(candidate)
+            step_dir = checkpoints.directory(workdir) / str(candidate)
             if step_dir.exists() and not checksums.verify(step_dir):
                 raise
             raise FileNotFoundError(candidate) from error
 
     return _first_readable(workdir, step, read)
+
+
+def read_arrays(workdir: str | epath.Path, step: int | None = None) -> tuple[dict, dict]:
+    """The model variables of a workdir's checkpoint `step` (default: the newest that reads
+    whole, see the module doc) as saved: `(a pure dict of NumPy arrays, the checkpoint's meta)`,
+    both of the same step. `UserError` when there is no checkpoint, no such step, or it is
+    damaged."""
+    variables, meta, _ = _read(files.path(workdir), step, lambda meta: (None, None))
+    return variables, meta
+
+
+def read_model(
+    workdir: str | epath.Path, model_of: Callable[[dict], nnx.Module], step: int | None = None
+) -> tuple[nnx.Module, dict]:
+    """The model of a workdir's checkpoint `step` (default: the newest that reads whole):
+    `model_of(meta)` builds it for the checkpoint's `meta` (its arrays may be abstract, e.g.
+    from `nnx.eval_shape`, with shardings saying where they go), and its variables are read
+    into it. Returns `(the model, meta)`, both of the same step. `UserError` when there is no
+    checkpoint, no such step, it is damaged, or its arrays do not fit the model."""
+
+    def target_of(meta: dict):
+        graphdef, state = nnx.split(model_of(meta))
+        return nnx.to_pure_dict(state), (graphdef, state)
+
+    variables, meta, (graphdef, state) = _read(files.path(workdir), step, target_of)
+    nnx.replace_by_pure_dict(state, variables)
+    return nnx.merge(graphdef, state), meta

@@ -26,7 +26,7 @@ represented by the **mean exemplar map over all its training exemplars** (the ex
 - Loss: BCE-with-logits of the positive responses against their targets + of the negative
   responses against zeros (means over cells) + the VAE loss; each term is reported.
 - Training examples: triplets made from the detection scenes (`train_examples`,
-  `jvision.data.triplets.Triplets`).
+  `triplets.Triplets`).
 - Exemplar bank: a `Calibrated` variable [classes, h, w, C] (declared at build time, so the
   checkpoint's tree is fixed), set by the family's `calibration` (`models.Calibration`: the
   statistics of every training object's exemplar crop, summed, then each class's mean map) before
@@ -41,8 +41,6 @@ represented by the **mean exemplar map over all its training exemplars** (the ex
   the SSD's output format, scored by the same VOC07 evaluator.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -51,172 +49,41 @@ import optax
 from flax import nnx
 
 from jvision import models, summaries
-from jvision.data import triplets
 from jvision.errors import UserError
+from jvision.models.encoding_detector import triplets
+from jvision.models.encoding_detector.network import NORMS, EncodingDetector
 from jvision.ops import boxes as box_ops
-from jvision.ops import conv_transpose, correlation, distributions, precision
+from jvision.ops import correlation, distributions
 
 HEAT_COLOR = (1.0, 0.2, 0.1)
 
 
-class Calibrated(nnx.Variable):
-    """State computed from data after training (not trained by the optimizer)."""
-
-
-NORMS = ("batch", "group")
-GROUPS = 4
-
-
-def norm_layer(kind: str, channels: int, rngs: nnx.Rngs) -> nnx.Module:
-    """pytlib's BatchNorm (PyTorch defaults: momentum 0.1, which Flax counts the other way, eps
-    1e-5), or GroupNorm (statistics per example: the same at training and at inference)."""
-    if kind == "batch":
-        return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
-    return nnx.GroupNorm(channels, num_groups=min(GROUPS, channels), epsilon=1e-5, rngs=rngs)
-
-
-class Encoder(nnx.Module):
-    """[B, H, W, C] -> [B, h, w, widths[-1]]: valid 3×3 convs, each normalised, ReLU between."""
-
-    def __init__(self, channels: int, widths, strides, norm: str, *, rngs: nnx.Rngs):
-        cins = (channels, *widths[:-1])
-        self.convs = nnx.List(
-            [
-                nnx.Conv(ci, co, (3, 3), strides=s, padding="VALID", rngs=rngs)
-                for ci, co, s in zip(cins, widths, strides, strict=True)
-            ]
+def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> EncodingDetector:
+    if config.correlation not in correlation.METHODS:
+        raise UserError(
+            f"model.correlation {config.correlation!r} is not one of {correlation.METHODS}"
         )
-        self.norms = nnx.List([norm_layer(norm, co, rngs) for co in widths])
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for index, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
-            x = norm(conv(x))
-            if index < len(self.convs) - 1:
-                x = jax.nn.relu(x)
-        return x
-
-
-def _sizes(size: int, strides) -> list[int]:
-    sizes = [size]
-    for stride in strides:
-        sizes.append((sizes[-1] - 3) // stride + 1)
-    return sizes
+    if config.norm not in NORMS:
+        raise UserError(f"model.norm {config.norm!r} is not one of {NORMS}")
+    return EncodingDetector(
+        config.channels,
+        tuple(config.widths),
+        tuple(config.strides),
+        config.norm,
+        config.exemplar_size,
+        config.latent_size,
+        config.num_classes,
+        rngs=rngs,
+    )
 
 
-class Decoder(nnx.Module):
-    """The encoder mirrored with transposed convs, each layer landing on the encoder's size (the
-    role of PyTorch's output_padding); the norm after every layer (pytlib's BatchNorm), ReLU
-    between. With GroupNorm the last layer has none: per-image statistics of a 1-channel output
-    would pin every reconstruction's logits to one mean and spread."""
-
-    def __init__(
-        self, channels: int, widths, strides, image_size: int, norm: str, *, rngs: nnx.Rngs
-    ):
-        sizes = _sizes(image_size, strides)  # Encoder sizes, input first.
-        couts = (channels, *widths[:-1])  # Layer i of the encoder maps couts[i] -> widths[i].
-        layers = []
-        for index in reversed(range(len(strides))):
-            produced = (sizes[index + 1] - 1) * strides[index] + 3
-            extra = sizes[index] - produced  # 0 or 1.
-            padding = ((2, 2 + extra), (2, 2 + extra))
-            layers.append(
-                conv_transpose.ConvTranspose(
-                    widths[index],
-                    couts[index],
-                    (3, 3),
-                    strides=strides[index],
-                    padding=padding,
-                    rngs=rngs,
-                )
-            )
-        self.layers = nnx.List(layers)
-        normed = layers if norm == "batch" else layers[:-1]
-        self.norms = nnx.List([norm_layer(norm, layer.out_features, rngs) for layer in normed])
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < len(self.norms):
-                x = self.norms[index](x)
-            if index < len(self.layers) - 1:
-                x = jax.nn.relu(x)
-        return x
-
-
-class EncodingDetector(nnx.Module):
-    def __init__(self, model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        widths, strides = tuple(model_config.widths), tuple(model_config.strides)
-        channels = model_config.channels
-        self.exemplar_size = model_config.exemplar_size
-        self.strides = strides
-        self.correlation = model_config.correlation
-        if self.correlation not in correlation.METHODS:
-            raise UserError(
-                f"model.correlation {self.correlation!r} is not one of {correlation.METHODS}"
-            )
-        self.num_classes = model_config.num_classes
-        self.score_threshold = float(model_config.score_threshold)
-        self.extent_fraction = float(model_config.extent_fraction)
-        self.nms_iou_threshold = float(model_config.nms_iou_threshold)
-        self.max_detections_per_class = int(model_config.max_detections_per_class)
-        cells = correlation.feature_size(self.exemplar_size, strides)
-        self.map_shape = (cells, cells, widths[-1])
-        features = cells * cells * widths[-1]
-        linear = functools.partial(nnx.Linear, use_bias=False, rngs=rngs)
-        self.norm = norm = model_config.get("norm", "batch")
-        if norm not in NORMS:
-            raise UserError(f"model.norm {norm!r} is not one of {NORMS}")
-        self.encoder = Encoder(channels, widths, strides, norm, rngs=rngs)
-        self.to_mean = linear(features, model_config.latent_size)
-        self.to_logvar = linear(features, model_config.latent_size)
-        self.expand = linear(model_config.latent_size, features)
-        self.decoder = Decoder(channels, widths, strides, self.exemplar_size, norm, rngs=rngs)
-        self.response_adjust = bool(model_config.response_adjust)
-        self.response_gain = nnx.Param(jnp.float32(1.0 / features))
-        self.response_bias = nnx.Param(jnp.float32(0.0))
-        self.bank = Calibrated(jnp.zeros((self.num_classes, *self.map_shape)))
-        self.bank_counts = Calibrated(jnp.zeros((self.num_classes,)))
-
-    def vae(self, exemplar_map: jax.Array, key: jax.Array | None):
-        """Reconstruction logits of exemplars from their maps; z is the mean when key is None."""
-        flat = jax.nn.relu(exemplar_map).reshape(exemplar_map.shape[0], -1)
-        mean, logvar = precision.float32((self.to_mean(flat), self.to_logvar(flat)))
-        z = mean if key is None else distributions.reparameterized_sample(key, mean, logvar)
-        hidden = jax.nn.relu(self.expand(z)).reshape(-1, *self.map_shape)
-        return precision.float32(self.decoder(hidden)), mean, logvar
-
-    def responses(self, correlations: jax.Array) -> jax.Array:
-        """Response logits from correlation sums."""
-        if not self.response_adjust:
-            return correlations
-        return self.response_gain[...] * correlations + self.response_bias[...]
-
-    def padding(self) -> int:
-        """Pixels added around a scene so every pixel can be a window centre."""
-        jump, field = correlation.stack_geometry(self.strides)
-        extent = jump * (self.map_shape[0] - 1) + field
-        return (extent - 1) // 2
-
-    def heat_logits(self, images: jax.Array) -> jax.Array:
-        """Scenes [B, H, W, C] -> per-class response logits [B, R, R', classes]; cell (i, j)
-        compares the window centred on pixel (jump·i, jump·j)."""
-        pad = self.padding()
-        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        sums = correlation.correlate_bank(self.encoder(padded), self.bank[...], self.correlation)
-        return self.responses(sums)
-
-
-def build(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> EncodingDetector:
-    return EncodingDetector(model_config, rngs=rngs)
-
-
-def train_loss(model: EncodingDetector, batch, key, step):
+def train_loss(config, model: EncodingDetector, batch, key, step):
     del step
     exemplar_map = model.encoder(batch["exemplar"])
 
     def responses(search):
-        sums = correlation.correlate(model.encoder(search), exemplar_map, model.correlation)
-        return model.responses(sums)
+        sums = correlation.correlate(model.encoder(search), exemplar_map, config.correlation)
+        return model.responses(sums, bool(config.response_adjust))
 
     positive, negative = responses(batch["search_positive"]), responses(batch["search_negative"])
     bce_positive = optax.sigmoid_binary_cross_entropy(positive, batch["target_positive"]).mean()
@@ -227,7 +94,6 @@ def train_loss(model: EncodingDetector, batch, key, step):
     kl = distributions.gaussian_kl_standard_normal(mean, logvar).sum() / pixels
     loss = bce_positive + bce_negative + recon + kl
     return loss, {
-        "loss": loss,
         "bce_positive": bce_positive,
         "bce_negative": bce_negative,
         "vae_recon": recon,
@@ -235,7 +101,7 @@ def train_loss(model: EncodingDetector, batch, key, step):
     }
 
 
-def calibration_statistics(model: EncodingDetector, batch, step):
+def calibration_statistics(config, model: EncodingDetector, batch, step):
     """Per scene: the sum of its objects' exemplar maps per class [B, classes, h, w, C] and how
     many there were [B, classes] (the trainer sums these over the training scenes)."""
     del step
@@ -248,16 +114,26 @@ def calibration_statistics(model: EncodingDetector, batch, step):
     return {"sums": sums, "counts": onehot.sum(axis=1)}
 
 
-def set_calibration(model: EncodingDetector, totals) -> None:
+def set_calibration(config, model: EncodingDetector, totals) -> None:
     """The exemplar bank: each class's mean exemplar map."""
+    del config
     counts = totals["counts"]
     model.bank[...] = totals["sums"] / jnp.maximum(counts, 1)[:, None, None, None]
     model.bank_counts[...] = counts
 
 
-train_examples = triplets.Triplets
+def train_examples(config, source) -> models.ExampleMaker:
+    """Training triplets made from the detection scenes of `source` (`triplets.Triplets`)."""
+    return triplets.Triplets(source, config)
+
+
+def exemplar_crops(config, source) -> models.ExampleMaker:
+    """Every object of a scene as an exemplar crop, for the bank (`triplets.Exemplars`)."""
+    return triplets.Exemplars(source, config)
+
+
 calibration = models.Calibration(
-    examples=triplets.Exemplars, statistics=calibration_statistics, apply=set_calibration
+    examples=exemplar_crops, statistics=calibration_statistics, apply=set_calibration
 )
 
 
@@ -296,38 +172,40 @@ def decode(heat: jax.Array, jump: int, image_size: tuple[int, int], settings) ->
     return box_ops.per_class_nms(boxes, scores, nms_iou, score_threshold, max_per_class)
 
 
-def predict(model: EncodingDetector, batch, step=None):
+def predict(config, model: EncodingDetector, batch, step):
     """Detections in whole scenes [B, H, W, C] (fields of `decode` with a batch axis) and the
     class heat maps `heat` [B, R, R', classes] (probabilities)."""
     del step
-    if model.norm == "batch":  # Its running statistics, whatever mode `model` is in.
+    if config.norm == "batch":  # Its running statistics, whatever mode `model` is in.
         model = nnx.view(model, use_running_average=True)
     images = batch["image"]
-    heat = jax.nn.sigmoid(model.heat_logits(images))
+    logits = model.heat_logits(images, config.correlation, bool(config.response_adjust))
+    heat = jax.nn.sigmoid(logits)
     jump, _ = correlation.stack_geometry(model.strides)
     settings = (
-        model.score_threshold,
-        model.extent_fraction,
-        model.nms_iou_threshold,
-        model.max_detections_per_class,
+        float(config.score_threshold),
+        float(config.extent_fraction),
+        float(config.nms_iou_threshold),
+        int(config.max_detections_per_class),
     )
     detections = jax.vmap(lambda h: decode(h, jump, images.shape[1:3], settings))(heat)
     return {**detections, "heat": heat}
 
 
-def image_summaries(model: EncodingDetector, batch, key, step):
+def image_summaries(config, model: EncodingDetector, batch, key, step):
     """Test scenes with their detections and ground truth, and every class's heat map."""
     del key
-    return summaries.detection_outputs(batch, predict(model, batch, step))
+    return summaries.detection_outputs(batch, predict(config, model, batch, step))
 
 
 SUMMARY_MIN_SCORE = 0.4
 SUMMARY_ROWS = 8
 
 
-def draw_summaries(outputs):
+def draw_summaries(config, outputs):
     """`detections`: scenes (small ones enlarged) with ground truth (green) and detections with
     score ≥ 0.4 (red). `heatmaps`: per scene, the scene then each class's heat map over it (red)."""
+    del config
     images = np.asarray(outputs["images"])
     rows = min(SUMMARY_ROWS, len(images))
     heat = np.asarray(outputs["heat"])[:rows]  # [N, R, R', K]: one cell per `jump` pixels.

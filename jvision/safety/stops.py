@@ -68,7 +68,7 @@ class Stopped(Exception):
 
 
 def _distributed() -> bool:
-    import jax
+    import jax  # Here, not above: this module is imported before JAX (see the module doc).
 
     return jax.distributed.is_initialized()
 
@@ -110,10 +110,28 @@ class StopRequests:
         """Whether to save and stop now, after `step` steps. Under jax.distributed every process
         must call this at every step (the same steps), and all get the same answer."""
         if _distributed():
-            from jax.experimental import multihost_utils
+            from jax.experimental import multihost_utils  # See `_distributed`.
 
             if multihost_utils.reached_preemption_sync_point(step):
                 self.signal_name = self.signal_name or "SIGTERM"
                 return True
             return False
         return self.signal_name is not None
+
+
+def starting_command(package: str = "jvision") -> bool:
+    """Whether this process is `python -m <package>.…` still finding its command: `python -m`
+    keeps `sys.argv[0]` at "-m" while it imports the command's packages, before it runs the
+    command's module (`sys.orig_argv` holds the command line as given)."""
+    if sys.argv[:1] != ["-m"]:
+        return False
+    arguments = iter(getattr(sys, "orig_argv", [])[1:])
+    for argument in arguments:
+        if argument == "-m":
+            module = next(arguments, "")
+        elif argument.startswith("-m"):
+            module = argument[2:]
+        else:
+            continue
+        return module == package or module.startswith(f"{package}.")
+    return False

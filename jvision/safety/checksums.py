@@ -12,14 +12,14 @@ import hashlib
 
 from etils import epath
 
-from jvision import workdir as workdir_lib
+from jvision.safety import files
 
-CHECKSUMS_FILE = workdir_lib.CHECKSUMS_FILE
+CHECKSUMS_FILE = files.CHECKSUMS_FILE
 # Orbax writes these when it commits a checkpoint, after the checksums are taken.
 UNSEALED_FILES = (CHECKSUMS_FILE, "commit_success.txt", "_CHECKPOINT_METADATA")
 
 
-def files(step_dir: epath.Path) -> list[str]:
+def covered_files(step_dir: epath.Path) -> list[str]:
     """The names (relative, "/"-separated) of the files the checksums cover, sorted."""
     found = []
 
@@ -41,8 +41,8 @@ def sha256(file: epath.Path) -> str:
 
 def seal(step_dir: epath.Path) -> None:
     """Records the SHA-256 of every file of a checkpoint step directory."""
-    sums = {name: sha256(step_dir / name) for name in files(step_dir)}
-    workdir_lib.write_json(step_dir / CHECKSUMS_FILE, {"sha256": sums})
+    sums = {name: sha256(step_dir / name) for name in covered_files(step_dir)}
+    files.write_json(step_dir / CHECKSUMS_FILE, {"sha256": sums})
 
 
 def verify(step_dir: epath.Path) -> str:
@@ -52,7 +52,7 @@ def verify(step_dir: epath.Path) -> str:
     if not file.exists():
         return f"it has no {CHECKSUMS_FILE}"
     try:
-        expected = workdir_lib.read_json(file)["sha256"]
+        expected = files.read_json(file)["sha256"]
     except (ValueError, KeyError, TypeError, OSError):
         return f"{CHECKSUMS_FILE} is unreadable"
     for name, digest in sorted(expected.items()):
