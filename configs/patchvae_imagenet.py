@@ -37,10 +37,9 @@ def get_config(arg: str | None = None):
     config.model.num_parts = 64
     config.model.part_size = 16
     config.model.ngf = 64
-    config.evals.test.split = "validation"
+    config.evals.test.split = config.evals.nll.split = "validation"
     if variant == "tiny":
         config_lib.shrink_for_tests(config)
-        config.data.eval_split = config.evals.test.split = "validation[:40]"
         config.data.num_workers = 0
         config.model.ngf = 8
     return config

@@ -5,6 +5,8 @@ import math
 
 import ml_collections
 
+from jvision import metrics
+from jvision.data import catalog
 from jvision.errors import UserError
 
 MAX_SEED = 2**32 - 1
@@ -37,6 +39,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"optimizer.{key}",
             "use a finite value of 0 or more",
         )
+    catalog.spec(config.data.name)  # Raises for an unknown dataset, naming the known ones.
+    for name, eval_config in config.evals.items():
+        metrics.check(name, eval_config)
 
 
 def _lookup(config: ml_collections.ConfigDict, key: str):

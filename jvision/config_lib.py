@@ -115,9 +115,10 @@ def importance_sampled_nll(
 
 
 def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
-    """The part every config's `tiny` variant shares: 4 steps of batch 16, evaluated on 40 test
-    examples (importance sampling: 4 samples of 16), logging, evaluating and checkpointing every
-    2 steps."""
+    """The part every config's `tiny` variant shares: 4 steps of batch 16, evaluated on the first
+    40 examples of each evaluation's split (importance sampling: 4 samples of the first 16),
+    logging, evaluating and checkpointing every 2 steps. Call it after the config's splits are
+    set."""
     config.total_steps = 4
     config.batch_size = 16
     config.eval_batch_size = 16
@@ -125,8 +126,14 @@ def shrink_for_tests(config: ml_collections.ConfigDict) -> None:
     config.eval_every_steps = 2
     config.ckpt_every_steps = 2
     config.num_summary_images = 8
-    config.data.eval_split = "test[:40]"
+    config.data.eval_split = f"{_whole(config.data.eval_split)}[:40]"
     for eval_config in config.evals.values():
-        eval_config.split = "test[:40]"
+        eval_config.split = f"{_whole(eval_config.split)}[:40]"
         if "num_samples" in eval_config:
-            eval_config.update(split="test[:16]", num_samples=4, samples_per_pass=2, batch_size=8)
+            split = f"{_whole(eval_config.split)}[:16]"
+            eval_config.update(split=split, num_samples=4, samples_per_pass=2, batch_size=8)
+
+
+def _whole(split: str) -> str:
+    """The split a TFDS split expression slices (`"test[:40]"` -> `"test"`)."""
+    return split.split("[")[0]

@@ -2,7 +2,7 @@
 
     metrics = train_and_evaluate(config, workdir)
 
-Read top to bottom: checks → mesh → data → model and optimizer → steps → restore (or initialise
+Read top to bottom: checks → mesh → model and optimizer → data → steps → restore (or initialise
 from another run) → loop (train → log → save → evaluate) → final evaluation → its checkpoint →
 results. The trainer knows model families only through the contract of `jvision.models`, and
 metrics only through `jvision.metrics`.
@@ -264,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise UserError(f"--workdir {workdir}: {error}") from error
     saved_config = config_saved.as_json(config.to_dict())
 
-    # ----------------------------------------------------------------------- mesh & data
+    # ----------------------------------------------------------------------- mesh & model
     mesh = sharding.make_mesh(config.mesh)
     log.info(
         "%s, %s, mesh %s",
@@ -272,11 +272,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logs.count(jax.process_count(), "process"),
         " × ".join(f"{axis} {size}" for axis, size in mesh.shape.items()),
     )
+    layout, state = create_state(config, family, mesh)  # Refuses a model that does not build.
+
+    # ----------------------------------------------------------------------- data & step
     data = pipeline.training_input(config, family.train_examples, mesh)
     train_data = data.batches
-
-    # ----------------------------------------------------------------------- model & step
-    layout, state = create_state(config, family, mesh)
     train_step, TrainMetrics = make_train_step(config, family, layout, mesh, data)
     evaluate = Evaluation(family, config, mesh, layout)
 
@@ -333,6 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state["model"], _, _ = evaluate_and_write(step, final=False)
 
         # ----------------------------------------------------------------------- final evaluation
+        run.finishing()  # A signal from here on lets the run end complete.
         state["model"], results, pictures = evaluate_and_write(step, final=True)
         # The checkpoint the results are of (calibrated, if so), then the results.
         run.finish(step, state, train_data, saved_config, results, pictures)

@@ -132,15 +132,20 @@ def test_cli_prints_results_json_and_writes_the_pictures(trained, tmp_path):
         (["--workdir={workdir}", "--config.nope=2"], "unknown config key 'nope'"),
         (["--workdir={workdir}", "--config.seed"], "write config overrides as --config.KEY=VALUE"),
         (["--workdir={workdir}", "--frobnicate"], "Unknown command line flag 'frobnicate'"),
+        # Checked before the model is read: the missing workdir is never reached.
+        (["--workdir={missing}", "--images={file}"], "--images {file} is a file, not a"),
+        (["--workdir={missing}", "--images={file}/pictures"], "lies under {file}, which is a file"),
     ],
 )
 def test_cli_bad_input_is_one_line(trained, tmp_path, args, message):
     workdir = trained("vae_mnist").workdir
-    args = [a.format(workdir=workdir, missing=tmp_path / "missing") for a in args]
-    result = run_cli(*args)
+    file = tmp_path / "a_file"
+    file.write_text("not a directory")
+    names = dict(workdir=workdir, missing=tmp_path / "missing", file=file)
+    result = run_cli(*(a.format(**names) for a in args))
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("jvision: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert len(lines) == 1 and message.format(**names) in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 

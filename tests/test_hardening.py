@@ -2,6 +2,7 @@
 included), two runs on one workdir, a full or read-only disk, odd paths. Each ends in one line
 and a workdir whose results, checkpoints and pictures agree. (Bad input: tests/test_main.py.)"""
 
+import json
 import os
 import shutil
 import signal
@@ -12,11 +13,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, load_config, run_main
+from helpers import ROOT, load_config, run_main, run_module
 
 from jvision import metrics, train
 from jvision.errors import UserError
-from jvision.safety import checkpoints, checksums, reader, stops
+from jvision.safety import checkpoints, checksums, files, reader, stops
 
 
 def _tiny(**overrides):
@@ -111,6 +112,19 @@ def test_evaluating_a_damaged_checkpoint_says_so(tmp_path, trained):
 
 
 # ----------------------------------------------------------------------------- signals
+
+
+def test_a_signal_during_the_final_evaluation_lets_the_run_end_complete(
+    tmp_path, monkeypatch, caplog
+):
+    """The training is done: the final evaluation, its checkpoint and results.json finish, the
+    log says so, and the run returns its results (the command exits 0)."""
+    _signal_when(monkeypatch, metrics, "run_all", signal.SIGTERM, 2)  # Steps 2 and 4 (final).
+    results = train.train_and_evaluate(_tiny(), str(tmp_path))
+    assert files.finished_step(files.path(tmp_path)) == 4
+    assert json.loads((tmp_path / "results.json").read_text())["metrics"] == results
+    assert "SIGTERM: the training is done; finishing its final evaluation" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # Handlers restored.
 
 
 def _signal_when(monkeypatch, module, name, number, at_call):
@@ -395,6 +409,28 @@ def test_a_full_disk_is_one_line_and_the_workdir_never_lies(small_disk, kib):
     from jvision.safety import files
 
     assert files.finished_step(workdir) == 4
+
+
+@needs_root
+def test_pictures_on_a_full_disk_are_one_line_naming_the_file_and_the_metrics_are_printed(
+    small_disk, trained
+):
+    """`jvision.evaluate --images` onto a full disk: the metrics are on stdout already, then one
+    line names the picture that could not be written."""
+    disk = small_disk(64)
+    (disk / "pics").mkdir()
+    filler = open(disk / "filler", "wb", buffering=0)  # noqa: SIM115
+    with filler, pytest.raises(OSError, match="No space left"):
+        while True:  # Every page taken.
+            filler.write(b"\0" * 4096)
+    workdir = trained("vae_mnist").workdir
+    result = run_module("jvision.evaluate", f"--workdir={workdir}", f"--images={disk / 'pics'}")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("jvision: error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert "no space left on the device" in errors[0] and f"{disk / 'pics'}/" in errors[0]
+    assert errors[0].split(f"{disk / 'pics'}/")[1].split(")")[0].endswith(".png"), errors[0]
+    assert json.loads(result.stdout) == json.loads((workdir / "results.json").read_text())
+    assert not [p.name for p in (disk / "pics").iterdir() if p.name.endswith(".tmp")]
 
 
 @needs_root

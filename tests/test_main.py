@@ -217,3 +217,35 @@ def test_the_tests_fork_server_runs_a_module_as_python_m_does(tmp_path, monkeypa
     assert forked.returncode == started.returncode == 1
     assert (forked.stdout, forked.stderr) == (started.stdout, started.stderr)
     assert forked.stderr.startswith("jvision: error:"), forked.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.data.name=mnits", "unknown data.name 'mnits'"),
+        ("--config.evals.test.type=nope", "evals.test.type='nope' is unknown"),
+        ("--config.model.name=vqvae", "unknown model.name 'vqvae'"),
+        ("--config.total_step=1", "did you mean total_steps"),
+        ("--config.optimizer.learning_rate=-1", "use a finite value"),
+    ],
+    ids=["dataset", "metric", "model", "key", "value"],
+)
+def test_bad_values_are_refused_before_jax_is_imported(tmp_path, override, message):
+    """The one line comes in a fraction of a second: from the flags, before JAX, TFDS or Flax
+    are imported (`python -X importtime` lists every module a process imports)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "jvision.main"]
+        + ["--config=configs/vae_mnist.py:tiny", f"--workdir={tmp_path / 'w'}", override],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = error_lines(result.stderr)
+    assert result.returncode == 1 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line
+    }
+    assert "json" in imported  # The list is there ...
+    assert not imported & {"jax", "flax", "tensorflow_datasets", "orbax"}  # ... without these.
+    assert not (tmp_path / "w").exists()

@@ -12,7 +12,7 @@ from helpers import load_config
 
 from jvision import train
 from jvision.errors import UserError
-from jvision.safety import failures, reader
+from jvision.safety import reader
 
 
 def _tiny(**overrides):
@@ -100,20 +100,6 @@ def test_validation_rejects_before_anything_is_written(tmp_path):
     with pytest.raises(UserError, match="total_steps=-1"):
         train.train_and_evaluate(_tiny(total_steps=-1), str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
-
-
-def test_closing_reports_the_first_error_unless_another_is_on_its_way(caplog):
-    def fail(message):
-        def closer():
-            raise OSError(message)
-
-        return closer
-
-    with pytest.raises(OSError, match="first"), failures.Closing(fail("second"), fail("first")):
-        pass  # Closed last-added first: "first" is raised, "second" logged.
-    assert "second" in caplog.text
-    with pytest.raises(ValueError, match="the run's own"), failures.Closing(fail("closing")):
-        raise ValueError("the run's own")  # A closing error must not hide it.
 
 
 def test_the_state_is_built_in_its_shardings_from_one_trace_of_the_model():

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from jvision import logs
-from jvision.data import on_device, sources
+from jvision.data import catalog, on_device, sources
 from jvision.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def training_input(
         check_batch_size(config.batch_size, "batch_size")
         rows = ProcessRows(config.batch_size, *(process or ()))
         indices = _index_batches(config, len(source))
-        pixel_max = sources.spec(data.name).pixel_max
+        pixel_max = catalog.spec(data.name).pixel_max
         return on_device.resident_input(config, source, rows, indices, mesh, pixel_max)
     batches, spec = host_batches(config, examples, process, source=source)
     return on_device.Input(batches, {}, on_device.as_given, spec, "host")
@@ -254,7 +254,7 @@ def host_batches(
         ds = indices.map(ReadRows(source, rows, resize))
     else:
         ds = indices.random_map(MakeRows(make, rows), seed=config.seed + 3)
-    ds = ds.map(Decode(sources.spec(data.name).pixel_max))
+    ds = ds.map(Decode(catalog.spec(data.name).pixel_max))
     if data.binarize == "dynamic":
         ds = ds.random_map(Binarize(rows), seed=config.seed + 1)
     if data.random_flip:
@@ -298,7 +298,7 @@ class EvalData:
         self.size = len(self.source)
         self.rows = ProcessRows(config.eval_batch_size, *(process or ()))
         self.resize = ResizeCrop(data.image_size) if data.image_size else None
-        self.decode = Decode(sources.spec(data.name).pixel_max)
+        self.decode = Decode(catalog.spec(data.name).pixel_max)
         self.binarize = data.binarize == "dynamic"
         self.num_batches = math.ceil(self.size / config.eval_batch_size)
         capable = self.make is None and not data.image_size

@@ -12,9 +12,9 @@ waits for the first and finds it ready. Bad input or a failed download: one line
 from absl import app, flags
 
 from jvision import cli
-from jvision.data import sources
+from jvision.data import catalog, sources
 
-_DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(sources.DATASETS), "Dataset.")
+_DATASET = flags.DEFINE_enum("dataset", "embedded_mnist", list(catalog.DATASETS), "Dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
 
 
@@ -26,7 +26,7 @@ def main(argv):
         cli.configure_logs()
         name = _DATASET.value
         directory = sources.data_dir(_DATA_DIR.value)
-        dataset = sources.spec(name)
+        dataset = catalog.spec(name)
         if dataset.builder:
             sources.open_source(name, dataset.splits[0], directory)
         else:

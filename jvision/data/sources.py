@@ -8,7 +8,7 @@ prepare it. A split may be any TFDS split expression over the dataset's splits
 """
 
 import contextlib
-import dataclasses
+import fcntl
 import importlib
 import logging
 import os
@@ -18,56 +18,10 @@ import time
 import tensorflow_datasets as tfds
 
 from jvision import logs
+from jvision.data.catalog import spec
 from jvision.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    tfds_name: str
-    pixel_max: int  # Stored value of a white pixel: images are scaled by 1 / pixel_max.
-    splits: tuple[str, ...]
-    # jvision's own builder ("module:Class" or "module:Class/config"), prepared on first use from
-    # data already here; None for TFDS's catalogue datasets.
-    builder: str | None = None
-    # "module:function" mapping each stored example to the fields jvision reads; None: as stored.
-    adapter: str | None = None
-
-
-DATASETS = {
-    "embedded_mnist": DatasetSpec(
-        "embedded_mnist", 255, ("train", "test"), "jvision.data.embedded_mnist:EmbeddedMnist"
-    ),
-    "full_mnist": DatasetSpec(
-        "full_mnist", 255, ("train", "validation", "test"), "jvision.data.full_mnist:FullMnist"
-    ),
-    "mnist": DatasetSpec("mnist", 255, ("train", "test")),
-    "binarized_mnist": DatasetSpec("binarized_mnist", 1, ("train", "validation", "test")),
-    "cifar100": DatasetSpec("cifar100", 255, ("train", "test")),
-    "imagenet2012": DatasetSpec("imagenet2012", 255, ("train", "validation")),
-    "kitti": DatasetSpec(
-        "kitti", 255, ("train", "validation", "test"), adapter="jvision.data.kitti:to_detection"
-    ),
-    "mnist_detection": DatasetSpec(
-        "mnist_detection",
-        255,
-        ("train", "test"),
-        "jvision.data.mnist_detection:MnistDetection/embedded",
-    ),
-    "mnist_detection_full": DatasetSpec(
-        "mnist_detection",
-        255,
-        ("train", "test"),
-        "jvision.data.mnist_detection:MnistDetection/full",
-    ),
-}
-
-
-def spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise UserError(f"unknown data.name {name!r}; known datasets: {', '.join(DATASETS)}")
-    return DATASETS[name]
 
 
 def data_dir(configured: str | None) -> str:
@@ -91,8 +45,6 @@ def own_builder(path: str, directory: str) -> tfds.core.DatasetBuilder:
 def _prepare_once(path: str, directory: str) -> tfds.core.DatasetBuilder:
     """Prepares one of jvision's datasets; when several processes start at once (a multi-process
     run on one host), one prepares it and the others wait on a file lock, then find it ready."""
-    import fcntl
-
     os.makedirs(directory, exist_ok=True)
     # One lock per dataset: preparing one may prepare another first (scenes need their digits).
     name = path.rpartition(":")[2].replace("/", "_")

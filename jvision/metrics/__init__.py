@@ -21,13 +21,18 @@ def known() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
+def check(name: str, eval_config) -> None:
+    """`UserError` unless `evals.<name>` names a metric module here."""
+    if eval_config.type not in known():
+        raise UserError(
+            f"evals.{name}.type={eval_config.type!r} is unknown; known: {', '.join(known())}"
+        )
+
+
 def build(family, config, mesh) -> list:
     evaluators = []
     for name, eval_config in config.evals.items():
-        if eval_config.type not in known():
-            raise UserError(
-                f"evals.{name}.type={eval_config.type!r} is unknown; known: {', '.join(known())}"
-            )
+        check(name, eval_config)
         module = importlib.import_module(f"{__name__}.{eval_config.type}")
         prefix = eval_config.get("prefix", name)
         evaluator = module.Evaluator(prefix, family, config, eval_config, mesh)

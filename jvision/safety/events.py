@@ -65,12 +65,13 @@ class EventFile:
         self._last_flush = time.monotonic()
         if not new:
             return
-        if self._rewrite:
-            self.file.write_bytes(bytes(self._flushed + new))
-            self._flushed += new
-        else:
-            with self.file.open("ab") as file:
-                file.write(new)
+        with files.naming(self.file):
+            if self._rewrite:
+                self.file.write_bytes(bytes(self._flushed + new))
+                self._flushed += new
+            else:
+                with self.file.open("ab") as file:
+                    file.write(new)
         self._size += len(new)
         self._pending = io.BytesIO()
 

@@ -11,6 +11,7 @@ All workdir I/O goes through `etils.epath`, so `gs://bucket/run` works wherever 
     events.out.tfevents.* TensorBoard
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -107,6 +108,18 @@ def temporary_name(final: str | os.PathLike) -> str:
     return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
 
 
+@contextlib.contextmanager
+def naming(file: epath.Path):
+    """An `OSError` raised inside (a full disk while writing, say) names `file`, the file being
+    written, rather than no file or a temporary one: the one-line report names what failed."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None or error.filename == os.fspath(file):
+            raise
+        raise OSError(error.errno, error.strerror, os.fspath(file)) from error
+
+
 def write_atomically(file: epath.Path, data: bytes) -> None:
     """Writes a whole file so that a reader never sees half of it, and a failed write (a full
     disk) leaves the old file, not a truncated one: on disks, a temporary file of this writer's
@@ -117,8 +130,9 @@ def write_atomically(file: epath.Path, data: bytes) -> None:
         return
     temporary = epath.Path(temporary_name(file))
     try:
-        temporary.write_bytes(data)
-        temporary.replace(file)
+        with naming(file):
+            temporary.write_bytes(data)
+            temporary.replace(file)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -135,6 +135,11 @@ class RunDir:
         self._checkpoints.wait()
         raise stops.Stopped(step, self._stops.signal_name, str(self._checkpoints.directory))
 
+    def finishing(self) -> None:
+        """The training is done: a signal from now on lets the final evaluation, its checkpoint
+        and the results finish, and the run end complete (exit status 0), rather than stop."""
+        self._stops.finishing = True
+
     def finish(self, step: int, state, data, config: dict, results: dict, pictures: dict) -> None:
         """Saves the final `step` (unless it is saved), waits for the commit, then writes the
         pictures (`{name: [1, H, W, C] uint8}`) and `results.json`, which claims it."""

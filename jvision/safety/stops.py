@@ -78,6 +78,9 @@ class StopRequests:
 
     def __init__(self):
         self.signal_name: str | None = None
+        # Set once the training is done: a stop then lets the final evaluation, its checkpoint
+        # and the results finish (the run ends complete, exit status 0).
+        self.finishing = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequests":
@@ -102,7 +105,14 @@ class StopRequests:
             print(message, file=sys.stderr)
             os._exit(INTERRUPTED_STATUS)
         self.signal_name = self.signal_name or name
-        log.warning("%s: stopping after the current step, with a checkpoint", name)
+        if self.finishing:
+            log.warning(
+                "%s: the training is done; finishing its final evaluation and results (the run "
+                "then ends complete; Ctrl-C again exits at once)",
+                name,
+            )
+        else:
+            log.warning("%s: stopping after the current step, with a checkpoint", name)
         if _distributed() and number == signal.SIGINT:
             os.kill(os.getpid(), signal.SIGTERM)  # Let JAX's service agree on the step.
 

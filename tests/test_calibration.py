@@ -1,15 +1,14 @@
-"""The evaluation loop (`OverBatches`), the calibration built on it (every example counted once,
-padding masked), pictures, and which evaluators run when."""
+"""The calibration: every example of the split counted once, padding masked; families without one
+keep their state."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 from helpers import load_config
 
-from jvision import calibration, metrics, models, over_batches, sharding
-from jvision.data import pipeline, sources
+from jvision import calibration, models, sharding
+from jvision.data import sources
 
 
 class Counted(nnx.Variable):
@@ -71,33 +70,3 @@ def test_families_without_calibration_keep_their_state():
     keep = calibration.calibrator(models.get(config.model), config, None, None, None)
     state = {"a": 1}
     assert keep(state, 0) is state
-
-
-def test_over_batches_passes_the_index_and_step_and_replicates():
-    mesh = sharding.make_mesh()
-    model = Toy()
-    graphdef, state = nnx.split(model)
-
-    def fn(model, batch, step, index):
-        return batch["x"].sum() + 1000 * index + 10_000 * step
-
-    run = over_batches.OverBatches(fn, mesh)
-    batches = [{"x": np.full((8,), value, np.float32)} for value in (1.0, 2.0)]
-    outputs = list(run(graphdef, state, batches, 3))
-    assert [float(o) for o in outputs] == [30_008.0, 31_016.0]
-    assert outputs[0].sharding.is_fully_replicated
-
-
-@pytest.mark.parametrize("final", [False, True])
-def test_final_only_evaluators_run_at_the_end(final):
-    config = load_config("vae_mnist", "tiny")
-    family = models.get(config.model)
-    mesh = sharding.make_mesh()
-    model = family.build(nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, sharding.replicated(mesh))
-    evaluators = metrics.build(family, config, mesh)
-    results = metrics.run_all(evaluators, graphdef, state, 0, final=final)
-    assert ("test/nll_is_nats" in results) == final and "test/nelbo_nats" in results
-    first = pipeline.first_batch(config, config.data.eval_split)
-    assert len(first["image"]) == config.eval_batch_size

@@ -1,9 +1,14 @@
-"""The workdir path layer: local and bucket paths through the same `etils.epath` calls."""
+"""The workdir path layer: local and bucket paths through the same `etils.epath` calls, and whole
+files written by several writers at once."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT
+from PIL import Image
 
 from jvision.errors import UserError
 from jvision.safety import files
@@ -125,3 +130,42 @@ def test_glob_characters_reach_orbax_through_a_link(tmp_path):
     assert files.without_glob_characters(files.path(tmp_path)) == files.path(tmp_path)
     with pytest.raises(UserError, match="a bucket workdir cannot contain"):
         files.without_glob_characters(files.path("gs://bucket/run[1]"))
+
+
+def test_two_processes_writing_one_file_never_fail_and_leave_it_whole(tmp_path):
+    """Each writer renames a temporary file of its own (pid and random bits in its name): no
+    rename finds its file gone because the other writer finished first, and the file is always
+    one writer's whole picture."""
+    target = tmp_path / "x.png"
+    script = (
+        "import sys; import numpy as np\n"
+        "from jvision.safety import files\n"
+        "picture = np.full((16, 16, 1), int(sys.argv[2]), np.uint8)\n"
+        "for _ in range(300):\n"
+        "    files.save_png(files.path(sys.argv[1]), picture)\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, str(target), str(value)], cwd=ROOT)
+        for value in (0, 255)
+    ]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    picture = np.asarray(Image.open(target))
+    assert picture.shape == (16, 16) and picture.min() == picture.max() in (0, 255)
+    assert os.listdir(tmp_path) == ["x.png"]  # No temporary file left.
+
+
+def test_a_failed_write_names_the_file_being_written(tmp_path, monkeypatch):
+    """A full disk while writing names the file that was being written (not a temporary)."""
+    import errno
+
+    from jvision.safety import failures
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(files.path(tmp_path)), "write_bytes", full)
+    with pytest.raises(OSError) as error:
+        files.write_json(files.path(tmp_path) / "results.json", {})
+    assert failures.storage_failure(error.value) == (
+        f"no space left on the device ({tmp_path}/results.json)"
+    )

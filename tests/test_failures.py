@@ -1,9 +1,11 @@
-"""A failing storage recognised however a library reports it, and named in one line."""
+"""A failing storage recognised however a library reports it, and named in one line; closing a run
+without hiding the error that stopped it."""
 
 import errno
 
 import pytest
 
+from jvision.safety import failures
 from jvision.safety.failures import storage_failure
 
 
@@ -49,3 +51,17 @@ def test_libraries_messages(tmp_path, message, expected):
 def test_other_errors_are_not_storage_failures():
     assert storage_failure(ValueError("shapes (3,) and (4,) do not match")) is None
     assert storage_failure(OSError(errno.ECONNREFUSED, "Connection refused")) is None
+
+
+def test_closing_reports_the_first_error_unless_another_is_on_its_way(caplog):
+    def fail(message):
+        def closer():
+            raise OSError(message)
+
+        return closer
+
+    with pytest.raises(OSError, match="first"), failures.Closing(fail("second"), fail("first")):
+        pass  # Closed last-added first: "first" is raised, "second" logged.
+    assert "second" in caplog.text
+    with pytest.raises(ValueError, match="the run's own"), failures.Closing(fail("closing")):
+        raise ValueError("the run's own")  # A closing error must not hide it.
