@@ -19,5 +19,5 @@ setup(
     python_requires=">=3.11",
     install_requires=requirements,
     # `pip install -e .[bench]`: the PyTorch twins behind benchmarks/compare.py.
-    extras_require={"bench": ["torch==2.13.0"]},
+    extras_require={"bench": ["torch==2.13.0"], "wandb": ["wandb==0.31.0"]},
 )

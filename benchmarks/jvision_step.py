@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvision import models, sharding, train
+from jvision import models, sharding, update
 from jvision.data import pipeline
 
 
@@ -44,8 +44,8 @@ def compile_step(config) -> CompiledStep:
     if data.placement == "device":
         made = jax.jit(data.materialize)(data.arrays, batch, jnp.int32(0))
         host_batch = jax.tree.map(np.asarray, jax.device_get(made))
-    layout, state = train.create_state(config, family, mesh)
-    step_fn, metrics_class = train.make_train_step(config, family, layout, mesh, data)
+    layout, state = update.create_state(config, family, mesh)
+    step_fn, metrics_class = update.make_train_step(config, family, layout, mesh, data)
     metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
     start = time.perf_counter()
     compiled = step_fn.lower(state, metrics, data.arrays, batch, jnp.int32(0)).compile()

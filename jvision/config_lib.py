@@ -9,6 +9,11 @@ the values, `jvision.config_checks`; a config saved with a run, `jvision.config_
 import ml_collections
 
 KNOWN_ARGS = ("tiny",)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("piecewise", "constant", "cosine", "linear", "rsqrt")
+EMA_WEIGHTS = ("averaged", "live")
+ACCUMULATION_LOOPS = ("auto", "scan", "unrolled")
+WRITERS = ("tensorboard", "wandb")
 
 
 def parse_arg(arg: str | None) -> str:
@@ -42,18 +47,42 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.fsdp_min_size = 2**14
 
+    # The optimizer and its learning-rate schedule (jvision/optim.py says what each does).
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 1e-3
+    config.optimizer.name = "adam"  # One of OPTIMIZERS: "adam" (coupled decay), "adamw", "sgd".
+    config.optimizer.learning_rate = 1e-3  # The peak rate.
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
+    config.optimizer.momentum = 0.0  # SGD's.
+    config.optimizer.nesterov = False  # SGD's.
     config.optimizer.weight_decay = 0.0
     # >0: scale the gradient down to this global norm when it is larger, before weight decay
     # (as torch.nn.utils.clip_grad_norm_ before optimizer.step()); 0: no clipping.
     config.optimizer.clip_norm = 0.0
+    config.optimizer.bias_lr_multiplier = 1.0  # The biases' updates scaled by this.
+    config.optimizer.schedule = "piecewise"  # One of SCHEDULES.
+    config.optimizer.warmup_steps = 0  # A linear warmup from 0 first (every schedule).
     # Piecewise-constant decay: multiply the rate by `decay_factor` at each of these steps.
     config.optimizer.decay_steps = ()
     config.optimizer.decay_factor = 0.1
+    config.optimizer.end_learning_rate = 0.0  # Where "cosine" and "linear" end.
+    config.optimizer.rsqrt_timescale = 10_000  # "rsqrt": rate · sqrt(τ / (τ + steps after warmup)).
+
+    # Parameter EMA: the averaged weights, updated after every optimizer step as
+    # decay · average + (1 − decay) · weights (0: off); evaluations, pictures and `predict` use
+    # them ("averaged") or the weights being trained ("live").
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.0
+    config.ema.evaluate = "averaged"
+
+    # Gradient accumulation: each optimizer step sums the gradients of this many microbatches of
+    # batch_size / grad_accum_steps examples (the same examples as one batch of batch_size).
+    config.grad_accum_steps = 1
+    # How the microbatches run: "scan" (a loop: one microbatch's memory), "unrolled" (no loop),
+    # or "auto" ("unrolled" on CPUs, where convolutions' gradients in loops are slow).
+    config.grad_accum_loop = "auto"
+    # Where metrics and pictures go besides the log: any of WRITERS.
+    config.writers = ("tensorboard",)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "embedded_mnist"
@@ -91,6 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.init_from.step = ml_collections.config_dict.placeholder(int)
     config.init_from.source = ""
     config.init_from.target = ""
+    # From a run with parameter EMA: its averaged parameters ("averaged") or its trained ones.
+    config.init_from.weights = "averaged"
 
     # Evaluations: name -> {type: module in jvision.metrics, split}. Metric names are
     # prefixed with the evaluation's name, e.g. `test/nelbo_nats`.

@@ -3,7 +3,8 @@
 The sub-tree `init_from.source` ("/"-separated, "" for the whole model) of the model saved in
 `init_from.workdir` (checkpoint `init_from.step`, default the newest) replaces the sub-tree
 `init_from.target` (default: the same path) of this model: parameters and every other variable
-under it (e.g. BatchNorm statistics). Names, shapes and dtypes must match exactly; a mismatch is
+under it (e.g. BatchNorm statistics); from a run with parameter EMA, its averaged parameters
+unless `init_from.weights` is "live". Names, shapes and dtypes must match exactly; a mismatch is
 one line naming the differing model config keys. The trainer applies it to a new run only.
 """
 
@@ -51,7 +52,7 @@ def apply(
     target_path = init.target or init.source
     where = f"init_from.workdir {init.workdir}"
     try:
-        saved, meta = reader.read_arrays(init.workdir, init.get("step"))
+        saved, meta = reader.read_arrays(init.workdir, init.get("step"), init.weights)
     except UserError as error:
         raise UserError(f"{where}: {error}") from error
     current = nnx.to_pure_dict(model_state)

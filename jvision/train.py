@@ -14,7 +14,6 @@ through one door, `jvision.safety.rundir.RunDir`; which checkpoint a run may res
 same model) is decided here.
 """
 
-import dataclasses
 import logging
 import math
 import time
@@ -23,9 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from clu import metrics as clu_metrics
-from clu import parameter_overview
 from flax import nnx
 
 from jvision import (
@@ -41,9 +37,10 @@ from jvision import (
     pictures,
     sharding,
     summaries,
+    update,
     writers,
 )
-from jvision.data import on_device, pipeline
+from jvision.data import pipeline
 from jvision.errors import UserError
 from jvision.safety import checkpoints, files, rundir
 
@@ -56,10 +53,6 @@ def itstime(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
-def _metric_collection(names) -> type[clu_metrics.Collection]:
-    return clu_metrics.Collection.create(**{n: clu_metrics.Average.from_output(n) for n in names})
-
-
 def _check_finite(values: dict[str, float], step: int, run: rundir.RunDir) -> None:
     bad = sorted(k for k, v in values.items() if not math.isfinite(v))
     if bad:
@@ -69,116 +62,6 @@ def _check_finite(values: dict[str, float], step: int, run: rundir.RunDir) -> No
             f"{', '.join(bad)} became non-finite by step {step}; nothing was saved after it "
             f"({kept} in {run.checkpoints_dir}); lower optimizer.learning_rate or check the data"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class StateLayout:
-    """What the training state `{"model", "opt"}` is made of, without its values: the graphdefs,
-    the shapes and dtypes, and the shardings of its arrays (each a dict keyed `model`, `opt`)."""
-
-    graphdefs: dict
-    shapes: dict
-    shardings: dict
-
-
-def create_state(
-    config: ml_collections.ConfigDict, family: models.Family, mesh
-) -> tuple[StateLayout, dict]:
-    """Builds the model and its optimizer, directly in their shardings (`jvision.sharding`)."""
-    graphdefs = {}
-
-    def build() -> dict:
-        model = family.build(nnx.Rngs(config.seed))
-        # A family may train only part of its parameters (e.g. a classifier on a frozen encoder).
-        optimizer = nnx.Optimizer(model, optim.make(config.optimizer), wrt=family.trainable(model))
-        nodes = {"model": model, "opt": optimizer}
-        graphdefs.update({name: nnx.graphdef(node) for name, node in nodes.items()})
-        return {name: nnx.state(node) for name, node in nodes.items()}
-
-    try:  # Traced once: the jit below finds this trace in JAX's cache (same function, no args).
-        shapes = jax.eval_shape(build)
-    except (ArithmeticError, ValueError, TypeError) as error:  # E.g. a size of 0.
-        message = (str(error).strip().splitlines() or [""])[0][:200]
-        raise UserError(
-            f"the model does not build with this config ({type(error).__name__}: {message}); "
-            "check the model.* values"
-        ) from None
-    layout = StateLayout(
-        graphdefs=graphdefs,
-        shapes=shapes,
-        shardings=sharding.state_shardings(mesh, shapes, config.mesh.fsdp_min_size),
-    )
-    state = jax.jit(build, out_shardings=layout.shardings)()
-    abstract_model = nnx.merge(graphdefs["model"], shapes["model"])
-    parameters = nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param))
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(parameters))
-    log.info("model %s: %s parameters", config.model.name, f"{count:,}")
-    log.debug(
-        "parameters:\n%s",
-        parameter_overview.get_parameter_overview(parameters, include_stats=False),
-    )
-    return layout, state
-
-
-def make_train_step(
-    config: ml_collections.ConfigDict,
-    family: models.Family,
-    layout: StateLayout,
-    mesh,
-    data: on_device.Input,
-):
-    """Returns the jitted `(state, metrics, arrays, inputs, step) -> (state, metrics)` and its
-    metrics class: the batch is `data.materialize(arrays, inputs, step)` (the inputs themselves
-    when the data are on the host; gathered from `data.arrays` when on the devices).
-
-    `state` and `metrics` are donated; the inputs are split over the mesh, the data's arrays
-    replicated, and the state keeps its shardings. Randomness comes from
-    `fold_in(key(seed), step)`, so a resumed run takes exactly the steps of an unbroken one.
-    """
-    base_key = jax.random.key(config.seed)
-    graphdefs = layout.graphdefs
-
-    def loss_and_terms(model_state, batch, key):
-        model = nnx.merge(graphdefs["model"], model_state)
-        return family.train_loss(model, batch, key, jnp.int32(0))
-
-    _, term_shapes = jax.eval_shape(loss_and_terms, layout.shapes["model"], data.spec, base_key)
-    if "loss" in term_shapes or "grad_norm" in term_shapes:
-        raise TypeError(
-            f"the {family.name} family's train_loss returns a term named 'loss' or 'grad_norm': "
-            "the trainer logs those itself (the loss is train_loss's first result)"
-        )
-    # grad_norm: the global norm of the gradient before any clipping (`optimizer.clip_norm`).
-    metrics_class = _metric_collection(dict.fromkeys(["loss", *term_shapes, "grad_norm"]))
-
-    def train_step(state, metrics, arrays, inputs, step):
-        batch = data.materialize(arrays, inputs, step)
-        model = nnx.merge(graphdefs["model"], state["model"])
-        optimizer = nnx.merge(graphdefs["opt"], state["opt"])
-        key = jax.random.fold_in(base_key, step)
-        trainable = nnx.DiffState(0, optimizer.wrt)
-        grad_fn = nnx.value_and_grad(family.train_loss, argnums=trainable, has_aux=True)
-        (loss, terms), grads = grad_fn(model, batch, key, step)
-        optimizer.update(model, grads)
-        new_metrics = metrics_class.single_from_model_output(
-            **{"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
-        )
-        return {"model": nnx.state(model), "opt": nnx.state(optimizer)}, metrics.merge(new_metrics)
-
-    replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    jitted = jax.jit(
-        train_step,
-        in_shardings=(
-            layout.shardings,
-            replicated,
-            jax.tree.map(lambda _: replicated, data.arrays),
-            batch_sharded,
-            replicated,
-        ),
-        out_shardings=(layout.shardings, replicated),
-        donate_argnums=(0, 1),
-    )
-    return jitted, metrics_class
 
 
 def _resume_or_begin(run: rundir.RunDir, config, state: dict, train_data) -> tuple[dict, int]:
@@ -208,6 +91,14 @@ def _resume_or_begin(run: rundir.RunDir, config, state: dict, train_data) -> tup
             f"(model.{', model.'.join(changed)} differ); use a new --workdir or the config that "
             "wrote it"
         )
+    averaged = {name: bool(c["ema"]["decay"]) for name, c in (("saved", saved), ("this", current))}
+    if averaged["saved"] != averaged["this"]:
+        written = "with" if averaged["saved"] else "without"
+        raise UserError(
+            f"checkpoint {run.checkpoints_dir}/{intact.step} was written {written} parameter EMA "
+            f"(ema.decay={saved['ema']['decay']}); resume with that ema.decay or use a new "
+            "--workdir"
+        )
     state = run.restore(intact.step, state, train_data)
     if intact.skipped:
         log.warning(
@@ -227,21 +118,28 @@ def _resume_or_begin(run: rundir.RunDir, config, state: dict, train_data) -> tup
 class Evaluation:
     """What the trainer does at an evaluation: the family's calibration, the configured metrics
     (`jvision.metrics`), and pictures of the first `config.num_summary_images` examples of
-    `config.data.eval_split`."""
+    `config.data.eval_split`, of the averaged parameters with EMA unless `ema.evaluate` says
+    "live"."""
 
-    def __init__(self, family: models.Family, config, mesh, layout: StateLayout):
+    def __init__(self, family: models.Family, config, mesh, layout: update.StateLayout):
         graphdef, shardings = layout.graphdefs["model"], layout.shardings["model"]
         self.graphdef = graphdef
+        self.weights = config.ema.evaluate
         self.calibrate = calibration.calibrator(family, config, mesh, graphdef, shardings)
         self.evaluators = metrics.build(family, config, mesh)
         self.pictures = pictures.Pictures(family, mesh, config.seed, config.num_summary_images)
         self.summary_batch = pipeline.first_batch(config, config.data.eval_split)
 
-    def __call__(self, model_state, step: int, final: bool):
-        """`(the calibrated model state, its metrics, its pictures as [1, H, W, C] uint8)`."""
-        model_state = self.calibrate(model_state, step)
-        results = metrics.run_all(self.evaluators, self.graphdef, model_state, step, final)
-        grids = self.pictures(self.graphdef, model_state, self.summary_batch, step)
+    def __call__(self, state: dict, step: int, final: bool):
+        """`(the trained model's state with the calibration, the metrics, the pictures as
+        [1, H, W, C] uint8)` of the training state `state`."""
+        evaluated = self.calibrate(update.averaged_model_state(state, self.weights), step)
+        results = metrics.run_all(self.evaluators, self.graphdef, evaluated, step, final)
+        grids = self.pictures(self.graphdef, evaluated, self.summary_batch, step)
+        model_state = evaluated
+        if evaluated is not state["model"] and "ema" in state:  # Keep the trained parameters.
+            calibrated = nnx.filter_state(evaluated, nnx.Not(nnx.Param))
+            model_state = nnx.merge_state(state["model"], calibrated)
         return model_state, results, {k: summaries.image_grid(g) for k, g in grids.items()}
 
 
@@ -272,19 +170,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logs.count(jax.process_count(), "process"),
         " × ".join(f"{axis} {size}" for axis, size in mesh.shape.items()),
     )
-    layout, state = create_state(config, family, mesh)  # Refuses a model that does not build.
+    layout, state = update.create_state(config, family, mesh)  # Refuses one that cannot build.
 
     # ----------------------------------------------------------------------- data & step
     data = pipeline.training_input(config, family.train_examples, mesh)
     train_data = data.batches
-    train_step, TrainMetrics = make_train_step(config, family, layout, mesh, data)
+    train_step, TrainMetrics = update.make_train_step(config, family, layout, mesh, data)
     evaluate = Evaluation(family, config, mesh, layout)
 
     # ----------------------------------------------------------------------- restore
     with rundir.RunDir(workdir, config.keep_checkpoints) as run:
         state, step = _resume_or_begin(run, config, state, train_data)
         run.start(saved_config)  # The run passed every check: now it may write.
-        writer = writers.create(str(workdir), run.is_chief)
+        writer = writers.create(str(workdir), run.is_chief, config.writers, saved_config)
         run.on_close(writer.close)
         if not step:
             settings = config_overrides.flatten(config.to_dict())
@@ -293,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         def evaluate_and_write(step: int, final: bool) -> tuple[dict, dict, dict]:
             """`(the calibrated model state, metrics, pictures)` of an evaluation, written to
             the log and TensorBoard."""
-            model_state, results, pictures = evaluate(state["model"], step, final)
+            model_state, results, pictures = evaluate(state, step, final)
             writer.write_scalars(step, results)
             writer.write_images(step, pictures)
             log.info("step %d, evaluation: %s", step, logs.metrics(results))
@@ -305,6 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         replicated = sharding.replicated(mesh)
         metrics_sum = jax.device_put(TrainMetrics.empty(), replicated)
         progress = logs.Progress(step, total)
+        learning_rate = optim.learning_rate_schedule(config.optimizer, total)
         while True:
             if run.stop_requested(step):  # Every process asks at every step.
                 run.stop(step, state, train_data, saved_config)
@@ -323,7 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if log_now or save:  # Never save a non-finite state.
                 values = {f"train/{k}": float(v) for k, v in metrics_sum.compute().items()}
                 _check_finite(values, step, run)
-                if log_now:
+                if log_now:  # With the rate of the step just taken (count step - 1).
+                    values["train/learning_rate"] = float(learning_rate(step - 1))
                     writer.write_scalars(step, values)
                     log.info(progress.line(step, values["train/loss"]))
                     metrics_sum = jax.device_put(TrainMetrics.empty(), replicated)

@@ -1,16 +1,20 @@
-"""Where metrics, pictures and progress go: the log and TensorBoard event files.
+"""Where metrics, pictures and progress go: the log, TensorBoard event files, and Weights & Biases.
 
 A writer takes scalars, pictures and hyperparameters (`write_scalars`, `write_images`,
-`write_hparams`, then `flush` and `close`); `create` gives a run the ones it writes to, fanned out
-by `Writers`. TensorBoard's files are written without TensorFlow (`jvision.safety.events`): a run
-imports neither TensorFlow nor CLU's writers, whether or not TensorFlow is installed, and starts
-seconds sooner; GPU and TPU images without TensorFlow write the same files. Scalars are
-`simple_value` summaries, pictures PNG images, hyperparameters the hparams plugin's. Per-step
-hooks report the step rate (`StepRate`) and profile a window of steps (`ProfileWindow`,
-`config.profile_steps`, with `jax.profiler`).
+`write_hparams`, then `flush` and `close`); `create` gives a run the ones `config.writers` names
+(the log always), fanned out by `Writers`. TensorBoard's files are written without TensorFlow
+(`jvision.safety.events`): a run imports neither TensorFlow nor CLU's writers, whether or not
+TensorFlow is installed, and starts seconds sooner; GPU and TPU images without TensorFlow write the
+same files. Scalars are `simple_value` summaries, pictures PNG images, hyperparameters the hparams
+plugin's. `WandbWriter` sends the config, every scalar and the pictures to Weights & Biases (the
+optional package `wandb`: `pip install jvision[wandb]`). Per-step hooks report the step rate
+(`StepRate`) and profile a window of steps (`ProfileWindow`, `config.profile_steps`, with
+`jax.profiler`).
 """
 
 import logging
+import os
+import secrets
 import time
 
 import jax
@@ -18,6 +22,7 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import summary_v2
 
+from jvision.errors import UserError
 from jvision.safety import events, files
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,57 @@ class TensorBoardWriter:
         self._events.close()
 
 
+WANDB_FILE = "wandb.json"  # In the workdir: the W&B run's id, which a resumed run continues.
+
+
+class WandbWriter:
+    """A Weights & Biases run: `wandb.init` with the run's config, then every scalar and picture
+    logged at its step. The run's id is kept in the workdir (`WANDB_FILE`), so a resumed run
+    logs into the same W&B run. W&B's own settings come from its environment variables
+    (`WANDB_PROJECT`, default "jvision"; `WANDB_ENTITY`; `WANDB_MODE=offline` writes the run to
+    `<workdir>/wandb/` for `wandb sync`). W&B's console lines are silenced: jvision logs the
+    run's id."""
+
+    def __init__(self, logdir: str, config: dict):
+        import wandb  # Here: an optional package, imported by the runs that ask for it.
+
+        folder = files.path(logdir)
+        record = folder / WANDB_FILE
+        run_id = files.read_json(record)["id"] if record.exists() else secrets.token_hex(6)
+        if not record.exists():
+            files.write_json(record, {"id": run_id})
+        try:
+            self._run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "jvision"),
+                id=run_id,
+                resume="allow",
+                config=config,
+                dir=None if files.is_uri(folder) else os.fspath(folder),
+                settings=wandb.Settings(silent=True),
+            )
+        except Exception as error:  # W&B's own errors (a missing API key, a bad setting).
+            raise UserError(f"Weights & Biases did not start: {error}") from None
+        self._wandb = wandb
+        log.info("W&B run %s (%s)", run_id, self._run.settings.mode)
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        self._run.log({k: float(v) for k, v in scalars.items()}, step=step)
+
+    def write_images(self, step: int, images: dict) -> None:
+        """`images`: name -> [1, H, W, C] uint8."""
+        pictures = {name: self._wandb.Image(np.asarray(p)[0]) for name, p in images.items()}
+        self._run.log(pictures, step=step)
+
+    def write_hparams(self, hparams: dict) -> None:
+        del hparams  # The whole config went to `wandb.init`.
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._run.finish()
+
+
 class Writers:
     """Several writers as one: each call goes to every writer, in order."""
 
@@ -143,9 +199,16 @@ class ProfileWindow:
             self._running = False
 
 
-def create(logdir: str, is_chief: bool) -> Writers:
-    """The run's writers: the log, and on process 0 TensorBoard's events in `logdir`."""
-    return Writers([LogWriter(), TensorBoardWriter(logdir)] if is_chief else [LogWriter()])
+def create(logdir: str, is_chief: bool, names=("tensorboard",), config: dict | None = None):
+    """The run's writers: the log, and on process 0 those `names` lists (`config.writers`):
+    TensorBoard's events in `logdir`, a W&B run given `config` (the resolved config)."""
+    writers = [LogWriter()]
+    if is_chief:
+        if "tensorboard" in names:
+            writers.append(TensorBoardWriter(logdir))
+        if "wandb" in names:
+            writers.append(WandbWriter(logdir, config or {}))
+    return Writers(writers)
 
 
 def hooks(config, logdir: str, writer, is_chief: bool) -> list:

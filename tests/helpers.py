@@ -345,7 +345,7 @@ def check_twin(config, batch: dict, step: int = 0, prepare=None) -> str:
         twin = tm.build(config).double()
         tm.load_jvision_weights(twin, nnx.to_pure_dict(nnx.state(model)))
         jax_optimizer = nnx.Optimizer(
-            model, optim.make(config.optimizer), wrt=family.trainable(model)
+            model, optim.make(config.optimizer, config.total_steps), wrt=family.trainable(model)
         )
         torch_optimizer = tm.make_optimizer(twin, config)
         batch = to_float64(batch)

@@ -42,15 +42,15 @@ def test_a_step_rotated_away_while_read_falls_back_to_the_next(
     a file Orbax reads; either way the reader takes step 2."""
     workdir = tmp_path / "w"
     shutil.copytree(trained("vae_mnist").workdir, workdir)
-    original = reader._model
+    original = reader._item
 
-    def rotate_first(workdir_, step, target):
+    def rotate_first(workdir_, step, target, item):
         if step == 4:
             path = workdir / "checkpoints" / removed
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        return original(workdir_, step, target)
+        return original(workdir_, step, target, item)
 
-    monkeypatch.setattr(reader, "_model", rotate_first)
+    monkeypatch.setattr(reader, "_item", rotate_first)
     _, meta = reader.read_arrays(workdir)
     assert meta["step"] == 2
 
@@ -58,10 +58,10 @@ def test_a_step_rotated_away_while_read_falls_back_to_the_next(
 def test_an_error_reading_a_whole_checkpoint_is_raised(trained, monkeypatch):
     """Only a checkpoint that changed under the reader is passed over."""
 
-    def broken(workdir, step, target):
+    def broken(workdir, step, target, item):
         raise ValueError("pytree structure error")
 
-    monkeypatch.setattr(reader, "_model", broken)
+    monkeypatch.setattr(reader, "_item", broken)
     with pytest.raises(ValueError, match="pytree structure error"):
         reader.read_arrays(trained("vae_mnist").workdir)
 

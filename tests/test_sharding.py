@@ -6,7 +6,7 @@ import pytest
 from helpers import load_config
 from jax.sharding import PartitionSpec as P
 
-from jvision import models, sharding, train
+from jvision import models, sharding, train, update
 from jvision.data import pipeline
 from jvision.errors import UserError
 from jvision.safety import checkpoints, files, reader
@@ -45,7 +45,7 @@ def test_fsdp_state_is_created_sharded_and_holds_less_per_device():
         ("fsdp", _fsdp(load_config("vae_mnist", "tiny"))),
     ):
         mesh = sharding.make_mesh(config.mesh)
-        layout, state = train.create_state(config, family, mesh)
+        layout, state = update.create_state(config, family, mesh)
         for array, expected in zip(
             jax.tree.leaves(state), jax.tree.leaves(layout.shardings), strict=True
         ):
@@ -93,7 +93,7 @@ def test_fsdp_trains_to_the_data_parallel_parameters_and_resumes_sharded(tmp_pat
 
     # Restoring puts every array back in its shard.
     mesh = sharding.make_mesh(sharded.mesh)
-    layout, state = train.create_state(sharded, models.get(sharded.model), mesh)
+    layout, state = update.create_state(sharded, models.get(sharded.model), mesh)
     data, _ = pipeline.host_batches(sharded)
     ckpts = checkpoints.Checkpoints(files.path(tmp_path / "fsdp"), sharded.keep_checkpoints)
     intact = ckpts.newest_intact()

@@ -107,7 +107,7 @@ def test_the_state_is_built_in_its_shardings_from_one_trace_of_the_model():
     trace), and the state it returns has the layout's shapes and shardings."""
     import jax
 
-    from jvision import models, sharding
+    from jvision import models, sharding, update
 
     config = _tiny()
     family = models.get(config.model)
@@ -118,9 +118,28 @@ def test_the_state_is_built_in_its_shardings_from_one_trace_of_the_model():
         return family.build(rngs)
 
     counted = dataclasses.replace(family, build=build)
-    layout, state = train.create_state(config, counted, sharding.make_mesh(config.mesh))
+    layout, state = update.create_state(config, counted, sharding.make_mesh(config.mesh))
     assert len(calls) == 1
     assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == jax.tree.map(
         lambda x: (x.shape, x.dtype), layout.shapes
     )
     assert jax.tree.map(lambda x: x.sharding, state) == layout.shardings
+
+
+def test_the_learning_rate_is_logged_at_every_log_step(tmp_path):
+    """`train/learning_rate` beside the loss: the rate of the step just taken (count step − 1)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from jvision import optim
+
+    config = _tiny(log_every_steps=1)
+    config.optimizer.update(schedule="cosine", warmup_steps=2, end_learning_rate=1e-4)
+    train.train_and_evaluate(config, str(tmp_path))
+    events = event_accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/learning_rate")]
+    schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    for step, value in logged:  # Stored as float32 by TensorBoard.
+        assert value == np.float32(schedule(step - 1))
+    assert logged[0][1] == 0.0 and logged[2][1] == np.float32(config.optimizer.learning_rate)

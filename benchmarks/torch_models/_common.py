@@ -193,7 +193,7 @@ def load_jvision_weights(model: nn.Module, tree: dict) -> nn.Module:
 
 
 def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
-    """jvision.optim.make(config.optimizer) for the twin's trainable parameters.
+    """jvision.optim.make(config.optimizer, config.total_steps) for the twin's trainable parameters.
 
     Coupled weight decay is torch's own `weight_decay`; Adam's eps is optax.scale_by_adam's 1e-8
     (eps_root 0); SGD's momentum buffer starts at the first gradient as optax.trace's. A

@@ -171,7 +171,10 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def load(
-    workdir: str | epath.PathLike, step: int | None = None, overrides: dict | None = None
+    workdir: str | epath.PathLike,
+    step: int | None = None,
+    overrides: dict | None = None,
+    weights: str = "averaged",
 ) -> Run:
     """Rebuilds the model of `workdir`'s checkpoint `step` (default: the latest).
 
@@ -180,6 +183,9 @@ def load(
       step: which kept checkpoint.
       overrides: dotted config keys to change for evaluation, e.g. `{"data.name": "mnist",
         "eval_batch_size": 100}`; values may be strings (parsed as the key's type).
+      weights: for a run with parameter EMA (`ema.decay` > 0), "averaged" (the averaged
+        parameters, as its evaluations used by default) or "live" (the parameters trained);
+        without EMA both are the trained ones.
     Raises:
       UserError: no checkpoint, no such step, an unknown model, a bad override.
     """
@@ -204,7 +210,7 @@ def load(
         )
         return nnx.merge(graphdef, placed)
 
-    model, meta = reader.read_model(workdir, model_of, step)
+    model, meta = reader.read_model(workdir, model_of, step, weights)
     config = _config_of(meta, overrides)
     family = models.get(config.model)
     if config.eval_batch_size % jax.device_count():  # Padding rows are masked: same metrics.

@@ -19,6 +19,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or g
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 _SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
 _IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
+_WEIGHTS = flags.DEFINE_enum(
+    "weights",
+    "averaged",
+    ["averaged", "live"],
+    "With parameter EMA: the averaged parameters or the trained (live) ones.",
+)
 
 _OVERRIDES: dict[str, str] = {}
 
@@ -38,7 +44,7 @@ def main(argv: list[str]) -> None:
         pictures = files.path(_IMAGES.value) if _IMAGES.value else None
         if pictures is not None:
             files.check_directory(pictures, "--images")
-        run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES)
+        run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES, _WEIGHTS.value)
         metrics = run.evaluate(_SPLIT.value)
         # The metrics first: a picture that cannot be written (a full disk) loses none of them.
         print(json.dumps({"step": run.step, "metrics": metrics}, indent=2, sort_keys=True))

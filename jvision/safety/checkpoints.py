@@ -167,17 +167,19 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: nnx.State, data: grain.DatasetIterator, config: dict) -> None:
-        """Saves the training state `{"model", "opt"}`, the data position and the config (a
-        dict that JSON can hold)."""
+    def save(self, step: int, state: dict, data: grain.DatasetIterator, config: dict) -> None:
+        """Saves the training state (`{"model", "opt"}`, and `"ema"` when there is one: an item
+        each), the data position and the config (a dict that JSON can hold)."""
         self.manager.wait_until_finished()  # One save in flight at a time: its step is known.
         self._pending_step = step
         meta = {"step": step, "config": config}
+        parts = {
+            name: ocp.args.StandardSave(nnx.to_pure_dict(part)) for name, part in state.items()
+        }
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                model=ocp.args.StandardSave(nnx.to_pure_dict(state["model"])),
-                opt=ocp.args.StandardSave(nnx.to_pure_dict(state["opt"])),
+                **parts,
                 data=grain.checkpoint.CheckpointSave(data),
                 meta=ocp.args.JsonSave(meta),
             ),
@@ -239,18 +241,17 @@ class Checkpoints:
             )
         return None
 
-    def read(self, step: int, state: nnx.State, data: grain.DatasetIterator) -> nnx.State:
-        """Reads an intact checkpoint into the training state `{"model", "opt"}` (returned) and
+    def read(self, step: int, state: dict, data: grain.DatasetIterator) -> dict:
+        """Reads an intact checkpoint into the training state, each of its parts (returned), and
         the data iterator (in place); `UserError` when its arrays do not fit the state."""
-        pure = {name: nnx.to_pure_dict(state[name]) for name in ("model", "opt")}
+        parts = {
+            name: ocp.args.StandardRestore(target(nnx.to_pure_dict(part)))
+            for name, part in state.items()
+        }
         try:
             restored = self.manager.restore(
                 step,
-                args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(target(pure["model"])),
-                    opt=ocp.args.StandardRestore(target(pure["opt"])),
-                    data=grain.checkpoint.CheckpointRestore(data),
-                ),
+                args=ocp.args.Composite(**parts, data=grain.checkpoint.CheckpointRestore(data)),
             )
         except Exception as error:  # Its files are as written: the code changed, not it.
             message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -259,8 +260,8 @@ class Checkpoints:
                 f"fit this version's model and optimizer ({message}); use the version of jvision "
                 "that wrote it, or a new --workdir"
             ) from error
-        for name in ("model", "opt"):
-            nnx.replace_by_pure_dict(state[name], restored[name])
+        for name, part in state.items():
+            nnx.replace_by_pure_dict(part, restored[name])
         return state
 
     def wait(self) -> None:

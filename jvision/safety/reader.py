@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from jvision import logs
 from jvision.errors import UserError
 from jvision.safety import checkpoints, checksums, files
 
@@ -43,23 +44,29 @@ def _meta(workdir: epath.Path, step: int) -> dict:
     return files.read_json(step_dir / "meta" / "metadata")
 
 
-def _model(workdir: epath.Path, step: int, target: dict | None) -> dict:
+WEIGHTS = ("averaged", "live")
+
+
+def _item(workdir: epath.Path, step: int, target: dict | None, item: str) -> dict:
+    """One item of a step (`model`, `ema`) read into `target` (None: NumPy arrays as saved)."""
     orbax_workdir = files.without_glob_characters(workdir)
-    path = checkpoints.directory(orbax_workdir) / str(step) / "model"
+    path = checkpoints.directory(orbax_workdir) / str(step) / item
     reader = ocp.PyTreeCheckpointer()
+    # An item of a composite checkpoint has no metadata file of its own: Orbax warns of that at
+    # every read, which says nothing wrong.
     try:
-        if target is None:
-            as_numpy = jax.tree.map(
-                lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                reader.metadata(path).item_metadata.tree,
-            )
-            args = ocp.args.PyTreeRestore(restore_args=as_numpy)
-        else:
-            target = checkpoints.target(target)
-            args = ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
-            )
-        return reader.restore(path, args=args)
+        with logs.quiet_libraries():
+            if target is None:
+                as_numpy = jax.tree.map(
+                    lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                    reader.metadata(path).item_metadata.tree,
+                )
+                args = ocp.args.PyTreeRestore(restore_args=as_numpy)
+            else:
+                target = checkpoints.target(target)
+                restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+                args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
+            return reader.restore(path, args=args)
     finally:
         reader.close()  # Its handler and metadata store, as Orbax's `Checkpointer.close` says.
 
@@ -98,16 +105,32 @@ def read_meta(workdir: str | epath.Path, step: int | None = None) -> dict:
     return _first_readable(workdir, step, lambda candidate: _meta(workdir, candidate))
 
 
-def _read(workdir: epath.Path, step: int | None, target_of):
+def _overlay(variables: dict, replacements: dict) -> dict:
+    """`variables` (a nested dict) with the values of `replacements` (a sub-tree) put in."""
+    merged = dict(variables)
+    for key, value in replacements.items():
+        merged[key] = _overlay(variables[key], value) if isinstance(value, dict) else value
+    return merged
+
+
+def _read(workdir: epath.Path, step: int | None, target_of, weights: str):
     """`(variables, meta, built)` of one step (which: see the module doc), where
-    `(target, built) = target_of(meta)` and the variables are read into `target` (None: as
-    saved)."""
+    `(target, parameters, built) = target_of(meta)`: the model's variables are read into
+    `target`, and when the step has averaged parameters (parameter EMA) and `weights` is
+    "averaged", those are read into `parameters` and replace the trained ones (None targets:
+    NumPy arrays as saved)."""
+    if weights not in WEIGHTS:
+        raise UserError(f"weights={weights!r}; use one of {', '.join(WEIGHTS)}")
 
     def read(candidate: int):
         meta = _meta(workdir, candidate)
-        target, built = target_of(meta)
+        target, parameters, built = target_of(meta)
+        averaged = checkpoints.directory(workdir) / str(candidate) / "ema"
         try:
-            return _model(workdir, candidate, target), meta, built
+            variables = _item(workdir, candidate, target, "model")
+            if weights == "averaged" and averaged.exists():
+                variables = _overlay(variables, _item(workdir, candidate, parameters, "ema"))
+            return variables, meta, built
         except Exception as error:  # Whatever Orbax raises when the files vanish under it.
             # Rotated away while being read (a rotation midway leaves the directory with some
             # of its files): the error is the checkpoint's only when it is still whole.
@@ -119,28 +142,36 @@ def _read(workdir: epath.Path, step: int | None, target_of):
     return _first_readable(workdir, step, read)
 
 
-def read_arrays(workdir: str | epath.Path, step: int | None = None) -> tuple[dict, dict]:
+def read_arrays(
+    workdir: str | epath.Path, step: int | None = None, weights: str = "averaged"
+) -> tuple[dict, dict]:
     """The model variables of a workdir's checkpoint `step` (default: the newest that reads
     whole, see the module doc) as saved: `(a pure dict of NumPy arrays, the checkpoint's meta)`,
-    both of the same step. `UserError` when there is no checkpoint, no such step, or it is
-    damaged."""
-    variables, meta, _ = _read(files.path(workdir), step, lambda meta: (None, None))
+    both of the same step; with parameter EMA, the averaged parameters unless `weights` is
+    "live". `UserError` when there is no checkpoint, no such step, or it is damaged."""
+    variables, meta, _ = _read(files.path(workdir), step, lambda meta: (None, None, None), weights)
     return variables, meta
 
 
 def read_model(
-    workdir: str | epath.Path, model_of: Callable[[dict], nnx.Module], step: int | None = None
+    workdir: str | epath.Path,
+    model_of: Callable[[dict], nnx.Module],
+    step: int | None = None,
+    weights: str = "averaged",
 ) -> tuple[nnx.Module, dict]:
     """The model of a workdir's checkpoint `step` (default: the newest that reads whole):
     `model_of(meta)` builds it for the checkpoint's `meta` (its arrays may be abstract, e.g.
     from `nnx.eval_shape`, with shardings saying where they go), and its variables are read
-    into it. Returns `(the model, meta)`, both of the same step. `UserError` when there is no
-    checkpoint, no such step, it is damaged, or its arrays do not fit the model."""
+    into it; with parameter EMA, the averaged parameters unless `weights` is "live". Returns
+    `(the model, meta)`, both of the same step. `UserError` when there is no checkpoint, no
+    such step, it is damaged, or its arrays do not fit the model."""
 
     def target_of(meta: dict):
         graphdef, state = nnx.split(model_of(meta))
-        return nnx.to_pure_dict(state), (graphdef, state)
+        parameters = nnx.to_pure_dict(nnx.filter_state(state, nnx.Param))
+        return nnx.to_pure_dict(state), parameters, (graphdef, state)
 
-    variables, meta, (graphdef, state) = _read(files.path(workdir), step, target_of)
+    workdir = files.path(workdir)
+    variables, meta, (graphdef, state) = _read(workdir, step, target_of, weights)
     nnx.replace_by_pure_dict(state, variables)
     return nnx.merge(graphdef, state), meta
