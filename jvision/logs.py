@@ -125,7 +125,7 @@ class Progress:
         )
 
 
-HEADLINES = ("mAP", "nll_is_nats", "nelbo_nats", "top1", "loss")
+HEADLINES = ("mAP", "coco_AP", "nll_is_nats", "nelbo_nats", "top1", "loss")
 
 
 def metrics(results: dict[str, float], limit: int = 4) -> str:

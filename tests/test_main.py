@@ -68,9 +68,13 @@ def test_tiny_draw_variants_write_results_and_drawing_sequences(trained, run_arg
 
 
 def test_tiny_ssd_reports_map_and_per_class_ap(trained):
+    from jvision.ops import coco_metrics
+
     workdir = trained("ssd_mnist").workdir
     metrics = _results(workdir)["metrics"]
-    assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
+    coco = {f"test/{name}" for name in coco_metrics.METRICS}
+    assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10)), *coco}
+    assert 0 < metrics["test/coco_AP50"] <= 1 and metrics["test/coco_AP_large"] == -1.0
     per_class = [metrics[f"test/AP_{d}"] for d in range(10)]
     # The mean of the ten APs (each summed in float64 by the scorer: ≤ 10 roundings of 2⁻⁵³).
     assert metrics["test/mAP"] == pytest.approx(sum(per_class) / 10, rel=1e-14, abs=1e-300)

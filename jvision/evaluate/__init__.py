@@ -6,7 +6,8 @@
     run.images(n=16)                                         # {name: [rows, h, w, C] uint8}
     run.examples(n=8)                                        # test examples, as evaluated
     run.predict(images)                                      # e.g. SSD detections
-    evaluate.score_detections(run.predict(images), truth)    # VOC07 mAP of any detections
+    run.export()                                             # predict as a jax.export file
+    evaluate.score_detections(run.predict(images), truth)    # VOC07 and COCO metrics of any
 
 Only the model's variables are read (no optimizer state, no data iterator) and placed on every
 available device, so a TPU pod's workdir opens on a laptop and the reverse. The config is the one
@@ -37,13 +38,15 @@ from jvision import (
 )
 from jvision.data import pipeline
 from jvision.errors import UserError
-from jvision.ops.detection_metrics import score as score_detections
+from jvision.ops import coco_metrics, detection_metrics
 from jvision.over_batches import OverBatches
 from jvision.safety import files, reader
 
 __all__ = ["Run", "load", "score_detections"]
 
 log = logging.getLogger(__name__)
+
+EXPORT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 @dataclasses.dataclass
@@ -138,6 +141,30 @@ class Run:
             ) from None
         self._fitting_shapes.add(shape)
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """The [H, W, C] of the images the model takes: its config's `model.image_shape`, else
+        that of the evaluation split's examples."""
+        shape = self.config.model.get("image_shape")
+        return tuple(shape) if shape else tuple(self.examples(n=1)["image"].shape[1:])
+
+    def export(self, platforms: tuple[str, ...] = EXPORT_PLATFORMS) -> bytes:
+        """`predict` with this model's weights, serialized by `jax.export`: a function of images
+        [N, H, W, C] (float32 in [0, 1], N symbolic: any batch size) returning what `predict`
+        returns, which a process with JAX alone runs (`jax.export.deserialize(data).call(x)`;
+        docs/outputs.md). Lowered for each of `platforms`."""
+        graphdef, state = self._split
+        weights = jax.device_get(state)  # Constants of the exported program.
+
+        def predict(images):
+            # Behind a barrier the weights are values, not constants XLA would fold into the
+            # layers (BatchNorm into its convolution, say), which would round otherwise.
+            model = models.eval_model(graphdef, jax.lax.optimization_barrier(weights))
+            return self.family.predict(model, {"image": images}, self.step)
+
+        (batch,) = jax.export.symbolic_shape("batch")
+        images = jax.ShapeDtypeStruct((batch, *self.image_shape()), np.float32)
+        return bytes(jax.export.export(jax.jit(predict), platforms=platforms)(images).serialize())
+
     @functools.cached_property
     def _predict(self) -> OverBatches:
         def predict(model, batch, step, index):
@@ -145,6 +172,25 @@ class Run:
             return self.family.predict(model, batch, step)
 
         return OverBatches(predict, self.mesh)
+
+
+def score_detections(
+    predictions: dict,
+    ground_truth: dict,
+    num_classes: int = 10,
+    iou_threshold: float = 0.5,
+    image_size: tuple[int, int] | None = None,
+) -> dict[str, float]:
+    """The detection metrics of any detections, as the `detection_map` metric reports them:
+    VOC07's `mAP` and `AP_<class>` (`jvision.ops.detection_metrics.score`, which says what the
+    arrays hold), and COCO's (`coco_AP`, ..., `jvision.ops.coco_metrics`) when the images' size
+    in pixels is known: `image_size` (H, W), or the shape of `ground_truth["image"]`."""
+    scores = detection_metrics.score(predictions, ground_truth, num_classes, iou_threshold)
+    if image_size is None and "image" in ground_truth:
+        image_size = np.shape(ground_truth["image"])[1:3]
+    if image_size is not None:
+        scores.update(coco_metrics.score(predictions, ground_truth, image_size, num_classes))
+    return scores
 
 
 def _checked_images(images) -> np.ndarray:
