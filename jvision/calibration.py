@@ -37,7 +37,7 @@ class Calibrator:
 
     def __call__(self, model_state, step: int):
         """`model_state` with its calibration recomputed."""
-        totals = total(self._sums(self.graphdef, model_state, self.data, step))
+        totals = total(self._sums(self.graphdef, model_state, self.data, step, "calibration"))
         return self._apply(model_state, totals)
 
 

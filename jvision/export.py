@@ -11,7 +11,7 @@ import logging
 
 from absl import app, flags
 
-from jvision import cli, evaluate
+from jvision import cli, evaluate, zoo
 from jvision.errors import UserError
 from jvision.safety import files
 
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
 
     def work():
         cli.start()
+        zoo.refuse_writing(_OUT.value, "--out")
         out = files.path(_OUT.value)
         if out.is_dir():
             raise UserError(f"--out {out} is a directory; give a file name")

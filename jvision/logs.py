@@ -125,6 +125,30 @@ class Progress:
         )
 
 
+class BatchProgress:
+    """Progress of a long evaluation: `name: 120/500 batches (24%), ETA 3 min 05 s`, every
+    `every_secs` seconds once it has run that long (a short one says nothing). Called after
+    each batch with a function that waits for it (evaluations are dispatched ahead of their
+    results: the time is taken when one is done)."""
+
+    def __init__(self, name: str, total: int, every_secs: float = 30.0):
+        self.name, self.total, self.every_secs = name, total, every_secs
+        self._start = self._last = time.monotonic()
+
+    def __call__(self, done: int, wait) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_secs or done >= self.total:
+            return
+        wait()
+        now = time.monotonic()
+        eta = duration((now - self._start) / done * (self.total - done))
+        percent = 100 * done // max(self.total, 1)
+        logging.getLogger(__name__).info(
+            "%s: %d/%d batches (%d%%), ETA %s", self.name, done, self.total, percent, eta
+        )
+        self._last = now
+
+
 HEADLINES = ("mAP", "coco_AP", "nll_is_nats", "nelbo_nats", "top1", "loss")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 import jax
 import jax.numpy as jnp
 
-from jvision import models, sharding
+from jvision import logs, models, sharding
 from jvision.data import on_device
 
 
@@ -39,14 +39,21 @@ class OverBatches:
             self._jitted[graphdef, materialize] = compiled
         return self._jitted[graphdef, materialize]
 
-    def __call__(self, graphdef, model_state, batches: Iterable[dict], step: int) -> Iterator:
-        """The outputs of `fn` for each batch, in order (device arrays)."""
+    def __call__(
+        self, graphdef, model_state, batches: Iterable[dict], step: int, progress: str = ""
+    ) -> Iterator:
+        """The outputs of `fn` for each batch, in order (device arrays). With `progress` (a
+        name), an evaluation that takes long reports how far it is (`logs.BatchProgress`)."""
         arrays = getattr(batches, "arrays", {})
         materialize = getattr(batches, "materialize", on_device.as_given)
         compiled = self._compiled(graphdef, materialize)
+        report = logs.BatchProgress(progress, len(batches)) if progress else None
         for index, batch in enumerate(batches):
             inputs = sharding.global_batch(self.mesh, batch)
-            yield compiled(model_state, arrays, inputs, jnp.int32(step), jnp.int32(index))
+            output = compiled(model_state, arrays, inputs, jnp.int32(step), jnp.int32(index))
+            if report is not None:
+                report(index + 1, lambda output=output: jax.block_until_ready(output))
+            yield output
 
     def first(self, graphdef, model_state, batch: dict, step: int):
         """The outputs of `fn` for one batch, as NumPy arrays."""

@@ -39,6 +39,7 @@ from jvision import (
     summaries,
     update,
     writers,
+    zoo,
 )
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -156,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     family = models.get(config.model)
     if not str(workdir).strip():
         raise UserError("the workdir is empty; give the run's directory")
+    zoo.refuse_writing(workdir, "--workdir")
     try:
         workdir = files.path(workdir)
     except OSError as error:

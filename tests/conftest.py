@@ -78,6 +78,21 @@ def few_detection_scenes():
     yield
 
 
+@pytest.fixture(scope="session")
+def full_mnist_scenes():
+    """`mnist_detection_full` (and the full MNIST it is made from, one wheel from PyPI) prepared
+    in the test run's TFDS directory, for the model zoo's entries: all 2,500 test scenes (TFDS
+    orders a split's examples by their keys' hashes, so the first 100 of 2,500 scenes are not
+    those of a split of 100) and few train scenes (the entries store their exemplar bank: none
+    reads them)."""
+    from jvision.data import mnist_detection, sources
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mnist_detection, "SCENES", {"train": TEST_SCENES["train"], "test": 2500})
+        sources.open_source("mnist_detection_full", "test")
+    yield
+
+
 @dataclasses.dataclass(frozen=True)
 class Trained:
     """A finished `python -m jvision.main` run: its workdir and what it printed."""

@@ -20,11 +20,15 @@ def test_notebooks_are_stored_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
 
 
-def _execute(workdir, **parameters):
+def _execute(workdir=None, **parameters):
+    """The notebook executed with `parameters` in its tagged parameters cell (papermill's way);
+    `workdir` None leaves its default, a model zoo entry."""
     notebook = nbformat.read(pathlib.Path(ROOT, "colab", "evaluate.ipynb"), as_version=4)
-    (cell,) = [c for c in notebook.cells if c.source.startswith("# Parameters.")]
+    (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     lines = cell.source.splitlines()
-    for name, value in {"WORKDIR": str(workdir), **parameters}.items():
+    if workdir is not None:
+        parameters["WORKDIR"] = str(workdir)
+    for name, value in parameters.items():
         lines = [f"{name} = {value!r}" if line.startswith(f"{name} =") else line for line in lines]
     cell.source = "\n".join(lines)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={}).execute()
@@ -58,3 +62,14 @@ def test_evaluate_notebook_runs_on_a_workdir_and_prints_its_results(trained, nam
     assert _pictures(notebook) == 1 + summaries + detection  # Curves, summaries, detections.
     detections = _printed(notebook, "is not a detector")
     assert ("detections with score >= 0.05" in detections) == (name == "ssd_mnist")
+
+
+def test_evaluate_notebook_opens_a_zoo_entry_by_default(full_mnist_scenes):
+    """As in Colab with nothing set: the default `zoo:ssd_mnist_priors`, without training (the
+    split cut to 40 scenes for time)."""
+    notebook = _execute(SPLIT="test[:40]", EVALS=["test"])
+    printed = json.loads(_printed(notebook, "metrics = run.evaluate"))
+    assert printed["step"] == 8000 and 0.5 < printed["metrics"]["test/mAP"] <= 1
+    assert "no training curves in" in _printed(notebook, "train/loss")
+    assert _pictures(notebook) == 2  # The family's summary and the detections.
+

@@ -311,6 +311,10 @@ class EvalData:
             self.arrays = on_device.eval_arrays(self.as_one_process(), mesh)
             self.materialize = on_device.transform(config, 1, train=False)
 
+    def __len__(self) -> int:
+        """How many global batches the split makes."""
+        return self.num_batches
+
     def as_one_process(self) -> list[dict[str, np.ndarray]]:
         """Every global batch whole, as one process reads them on the host."""
         return list(self._host_batches(ProcessRows(self.rows.global_size, 0, 1)))

@@ -21,6 +21,7 @@ import logging
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -35,6 +36,7 @@ from jvision import (
     pictures,
     sharding,
     summaries,
+    zoo,
 )
 from jvision.data import pipeline
 from jvision.errors import UserError
@@ -75,12 +77,21 @@ class Run:
             config.eval_batch_size = eval_batch_size
         return config
 
-    def evaluate(self, split: str | None = None) -> dict[str, float]:
+    def evaluate(self, split: str | None = None, evals=None) -> dict[str, float]:
         """The family's evaluations (`config.evals`) of this checkpoint, on their configured
-        splits or all on `split`. For the final step and the training's eval batch size and
+        splits or all on `split`; only those named in `evals` when given (e.g. `["test"]` leaves
+        out a costly likelihood). For the final step and the training's eval batch size and
         devices, these are the numbers in `results.json`."""
         graphdef, state = self._split
-        evaluators = metrics.build(self.family, self._config(split), self.mesh)
+        config = self._config(split)
+        if evals is not None:
+            unknown = sorted(set(evals) - set(config.evals))
+            if unknown:
+                raise UserError(
+                    f"no evaluation {', '.join(unknown)}; this run's: {', '.join(config.evals)}"
+                )
+            config.evals = {name: config.evals[name] for name in evals}
+        evaluators = metrics.build(self.family, config, self.mesh)
         return metrics.run_all(evaluators, graphdef, state, self.step)
 
     def image_grids(self, split: str | None = None, n: int | None = None) -> dict[str, np.ndarray]:
@@ -235,7 +246,7 @@ def load(
     Raises:
       UserError: no checkpoint, no such step, an unknown model, a bad override.
     """
-    workdir = files.path(workdir)
+    workdir = zoo.resolve(workdir) or files.path(workdir)
     overrides = dict(overrides or {})
     fixed = sorted(k for k in overrides if k == "model" or k.startswith("model."))
     if fixed:
@@ -264,8 +275,10 @@ def load(
         log.info("eval_batch_size rounded up to %d", config.eval_batch_size)
     graphdef, state = nnx.split(model)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    calibrate = calibration.calibrator(family, config, mesh, graphdef, shardings)
-    model = nnx.merge(graphdef, calibrate(state, meta["step"]))  # As the trainer evaluates it.
+    if not meta.get("calibrated"):  # A zoo entry's state computed from data is stored.
+        calibrate = calibration.calibrator(family, config, mesh, graphdef, shardings)
+        state = calibrate(state, meta["step"])  # As the trainer evaluates it.
+    model = nnx.merge(graphdef, state)
     model.eval()
     return Run(workdir, config, meta["step"], family, model, mesh)
 
@@ -276,3 +289,20 @@ def _config_of(meta: dict, overrides: dict) -> ml_collections.ConfigDict:
     config = config_saved.from_saved(meta["config"])
     config_overrides.apply_overrides(config, overrides)
     return config
+
+
+def rescore(workdir: str | epath.PathLike, split: str, evals: tuple[str, ...]) -> dict:
+    """The evaluations `evals` (names in the run's `config.evals`) of `workdir`'s model on
+    `split`, computed in float64: the model's float32 weights widened, the images float32 as
+    stored, every operation in float64. Different CPUs round float32 differently (their last
+    digits differ); in float64 they agree to ~1e-12 relative, so a change in a model's numbers is
+    told apart from a CPU's rounding: the model zoo's cards record these, and the tests
+    recompute them on every CPU."""
+    with jax.enable_x64(True):
+        run = load(workdir)
+        graphdef, state = run._split
+        state = jax.tree.map(
+            lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+        )
+        widened = dataclasses.replace(run, model=nnx.merge(graphdef, state))
+        return widened.evaluate(split, evals)

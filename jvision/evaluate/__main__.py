@@ -12,12 +12,15 @@ import sys
 
 from absl import app, flags
 
-from jvision import cli, evaluate, summaries
+from jvision import cli, evaluate, summaries, zoo
 from jvision.safety import files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (local or gs://).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 _SPLIT = flags.DEFINE_string("split", None, "Evaluate every evaluation on this split instead.")
+_EVALS = flags.DEFINE_list(
+    "evals", None, "Only these of the run's evaluations (e.g. test: without the likelihood)."
+)
 _IMAGES = flags.DEFINE_string("images", None, "Write the pictures as PNGs to this directory.")
 _WEIGHTS = flags.DEFINE_enum(
     "weights",
@@ -43,9 +46,10 @@ def main(argv: list[str]) -> None:
         cli.start()
         pictures = files.path(_IMAGES.value) if _IMAGES.value else None
         if pictures is not None:
+            zoo.refuse_writing(pictures, "--images")
             files.check_directory(pictures, "--images")
         run = evaluate.load(_WORKDIR.value, _STEP.value, _OVERRIDES, _WEIGHTS.value)
-        metrics = run.evaluate(_SPLIT.value)
+        metrics = run.evaluate(_SPLIT.value, _EVALS.value)
         # The metrics first: a picture that cannot be written (a full disk) loses none of them.
         print(json.dumps({"step": run.step, "metrics": metrics}, indent=2, sort_keys=True))
         sys.stdout.flush()

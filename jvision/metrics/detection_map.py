@@ -39,7 +39,7 @@ class Evaluator:
 
     def run(self, graphdef, model_state, step: int) -> dict[str, float]:
         predicted, truth = [], []
-        for outputs in self._detect(graphdef, model_state, self.data, step):
+        for outputs in self._detect(graphdef, model_state, self.data, step, self.name):
             batch_predicted, batch_truth = jax.device_get(outputs)
             real = batch_truth.pop("mask") > 0  # Padding rows are dropped.
             predicted.append(jax.tree.map(lambda x, real=real: x[real], batch_predicted))

