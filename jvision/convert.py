@@ -45,6 +45,8 @@ import logging
 import os
 import shutil
 import sys
+import types
+from typing import TYPE_CHECKING
 
 import ml_collections
 from absl import app, flags
@@ -53,6 +55,9 @@ from etils import epath
 from jvision import cli, config_checks, config_files, config_overrides, config_saved, models, zoo
 from jvision.errors import UserError
 from jvision.safety import files
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("jvision.convert")  # Not __name__: run as __main__.
 
@@ -67,7 +72,7 @@ _FROM_ONLY, _TO_ONLY = ("config",), ("workdir", "step", "weights")
 # --- The conversions ---------------------------------------------------------------------------
 
 
-def twins():
+def twins() -> types.ModuleType:
     """`benchmarks.torch_models`, the PyTorch twins; `UserError` without PyTorch or them."""
     try:
         import torch  # noqa: F401  Only here: the rest of jvision runs without PyTorch.
@@ -82,7 +87,7 @@ def twins():
     return torch_models
 
 
-def twin_of(config: ml_collections.ConfigDict):
+def twin_of(config: ml_collections.ConfigDict) -> "torch.nn.Module":
     """The PyTorch twin of `config`'s model (torch's own initialisation); `UserError` for a
     family without one."""
     tm = twins()
@@ -173,17 +178,21 @@ def _check_fits(state: dict, expected: dict, optional: set, where: str) -> None:
             )
 
 
-def load_state_dict(path: epath.Path) -> dict:
+def load_state_dict(path: str | os.PathLike) -> dict:
     """The state_dict in a `torch.save` file (tensors only: `torch.load(weights_only=True)`);
     `UserError` when it cannot be read or holds something else."""
     import torch
 
+    path = epath.Path(path)
     try:
         with path.open("rb") as file:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # Whatever torch's unpickler raises, on one line.
-        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"cannot read {path} as a PyTorch state_dict: {message}") from None
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        raise UserError(
+            f"cannot read {path} as a PyTorch state_dict ({message}); write one with "
+            "torch.save(model.state_dict(), FILE)"
+        ) from None
     named = isinstance(loaded, dict) and bool(loaded)
     if not named or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
@@ -194,6 +203,15 @@ def load_state_dict(path: epath.Path) -> dict:
             f"{path} holds a {type(loaded).__name__}, not a state_dict (names to tensors){hint}"
         )
     return dict(loaded)
+
+
+def state_dict_bytes(state: dict) -> bytes:
+    """`state` as `torch.save` writes it to a file."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def write_folder(
@@ -247,6 +265,8 @@ def _flag(name: str):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing (`cli.parse_flags`), then which direction and its flags: one line and
+    exit 1 for a flag of the other direction or a missing one."""
     rest, overrides = cli.parse_flags(argv, required=("out",))
     given = {name for name in (*_FROM_ONLY, *_TO_ONLY) if flags.FLAGS[name].present}
     if (_flag("from-torch") is None) == (not _flag("to-torch")):
@@ -328,11 +348,7 @@ def convert_to_torch() -> None:
     twin_of(config)  # A family with a twin, and PyTorch there, before the model is read.
     run = evaluate.load(_flag("workdir"), _flag("step"), weights=_flag("weights"))
     state = to_torch(nnx.to_pure_dict(nnx.state(run.model)), run.config, _flag("layout"))
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    files.write_atomically(out, buffer.getvalue())
+    files.write_atomically(out, state_dict_bytes(state))
     log.info("wrote %s: the state_dict of %s's twin, step %d", out, run.family.name, run.step)
 
 

@@ -13,6 +13,7 @@ checks that losses, gradients and an optimizer step agree.
     batch = tm.to_torch_batch(numpy_batch)            # images [B, H, W, C] -> [B, C, H, W]
     loss = tm.train_step(model, optimizer, batch)     # zero_grad, loss, backward, step
     tm.load_jvision_weights(model, nnx.to_pure_dict(nnx.state(jvision_model)))
+    tree = tm.torch_to_jvision(model, model.state_dict(), template)  # And back (jvision.convert).
     noise = tm.jax_noise(config, key, batch_size)     # the noise jvision draws from `key`
     loss, terms = tm.train_loss(model, batch, noise, step)
 
@@ -29,6 +30,7 @@ from ._common import (
     make_lr_scheduler,
     make_optimizer,
     to_torch_batch,
+    torch_to_jvision,
     train_loss,
     train_step,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "make_lr_scheduler",
     "make_optimizer",
     "to_torch_batch",
+    "torch_to_jvision",
     "train_loss",
     "train_step",
 ]

@@ -1,5 +1,6 @@
 """What every PyTorch twin shares: layers with jvision's conventions, the likelihood and KL terms,
-the weight converter from jvision's NNX variables, the optimizer and the train step."""
+the weight converters between jvision's NNX variables and torch's state_dict (both ways), the
+optimizer and the train step."""
 
 import math
 
@@ -92,7 +93,7 @@ def gaussian_kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> tor
     return sum_per_example(0.5 * (torch.exp(logvar) + mean.square() - 1.0 - logvar))
 
 
-# --- Weights from jvision --------------------------------------------------------------------
+# --- Weights from and to jvision ---------------------------------------------------------------
 
 
 def _node(tree, dotted: str):
@@ -187,6 +188,67 @@ def load_jvision_weights(model: nn.Module, tree: dict) -> nn.Module:
     """Copies jvision's parameters and BatchNorm statistics into the twin `model` (in place)."""
     model.load_state_dict(jvision_to_torch(model, tree), strict=False)
     return model
+
+
+def _numbered(template: dict, start: int = 0) -> tuple[dict, int]:
+    """`template` (nested dicts) with each leaf replaced by the float64 numbers start, start+1, …
+    in its shape (leaves in order), and the next number."""
+    out = {}
+    for key, value in template.items():
+        if isinstance(value, dict):
+            out[key], start = _numbered(value, start)
+        else:
+            size = math.prod(value.shape)
+            out[key] = np.arange(start, start + size, dtype=np.float64).reshape(value.shape)
+            start += size
+    return out, start
+
+
+def torch_to_jvision(model: nn.Module, state: dict, template: dict) -> dict:
+    """{torch state_dict name: tensor} -> jvision variables: the inverse of `jvision_to_torch`.
+
+    `template` has the structure of the jvision variables, `nnx.to_pure_dict(nnx.state(model))`,
+    its leaves anything with a `shape` and `dtype` (arrays, or the abstract arrays of
+    `nnx.eval_shape`); the result is that nested dict of NumPy arrays of those dtypes.
+
+    The inverse is derived from the forward mapping, not written a second time: every element of
+    `template` is numbered (float64, exact below 2⁵³), the numbers go through `jvision_to_torch`
+    (which only moves elements: it renames, permutes, transposes, flips), and each element of a
+    torch tensor then names the jvision element it comes from. So a family's `jvision_layout` is
+    inverted too, and jvision -> torch -> jvision gives back the same bits. Raises on a tensor of
+    the twin missing from `state` (`num_batches_tracked` excepted: jvision keeps none), a tensor
+    of `state` the twin does not have, a shape other than the twin's, or a forward mapping that
+    does not give every jvision element exactly once.
+    """
+    numbers, total = _numbered(template)
+    sources = jvision_to_torch(model, numbers)
+    unknown = sorted(
+        name for name in state if name not in sources and not name.endswith("num_batches_tracked")
+    )
+    if unknown:
+        raise KeyError(f"torch tensors without a jvision counterpart: {unknown}")
+    values, counts = np.empty(total, np.float64), np.zeros(total, np.int64)
+    for name, source in sources.items():
+        if name not in state:
+            raise KeyError(f"{name} is missing from the torch state_dict")
+        tensor = state[name]
+        if tuple(tensor.shape) != tuple(source.shape):
+            raise ValueError(f"{name}: torch {tuple(tensor.shape)}, twin {tuple(source.shape)}")
+        index = source.numpy().astype(np.int64).ravel()
+        values[index] = tensor.detach().to("cpu", torch.float64).numpy().ravel()
+        counts += np.bincount(index, minlength=total)
+    if (counts != 1).any():
+        raise ValueError(f"{model.__class__.__name__}'s layout is not one-to-one with jvision's")
+
+    def fill(node: dict, like: dict) -> dict:
+        return {
+            key: fill(value, like[key])
+            if isinstance(value, dict)
+            else values[value.astype(np.int64)].astype(like[key].dtype)
+            for key, value in node.items()
+        }
+
+    return fill(numbers, template)
 
 
 # --- Optimizer and train step (jvision.optim) -------------------------------------------------

@@ -17,8 +17,10 @@ each, ReLU between). The norm is `model.norm` (absent: "batch"): pytlib's BatchN
   1×1 conv `adjust` here (`response_gain` -> its [1, 1, 1, 1] kernel, `response_bias` -> its bias).
   It exists whatever `model.response_adjust` says (jvision declares both scalars either way) and is
   applied only when it is True.
-- The exemplar bank (`bank`, `bank_counts`: Calibration variables, set after training and only read
-  by `predict`) has no twin: the converter drops it.
+- The exemplar bank (`bank`, `bank_counts`: jvision's `Calibrated` variables, state computed from
+  data after training and read only by `predict`) is carried as buffers of the same names, the
+  bank as [classes, C, h, w] (jvision's [classes, h, w, C]): the kernel of `heat_logits`, which
+  computes what jvision's `predict` decodes its detections from. The training loss ignores them.
 
 Batches keep jvision's NHWC crops (`search_positive`, `search_negative` [B, S, S, C], `exemplar`
 [B, E, E, C]: `_common.to_torch_batch` transposes only `image`); the loss views them as NCHW
@@ -34,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from jvision.ops.correlation import stack_geometry  # Geometry, as the SSD twin's priors.
 
 from . import _common
 
@@ -149,12 +153,27 @@ class EncodingDetector(nn.Module):
         with torch.no_grad():
             self.adjust.weight.fill_(1.0 / features)
             self.adjust.bias.zero_()
+        self.register_buffer("bank", torch.zeros(m.num_classes, widths[-1], cells, cells))
+        self.register_buffer("bank_counts", torch.zeros(m.num_classes))
+        jump, field = stack_geometry(strides)
+        self.padding = (jump * (cells - 1) + field - 1) // 2  # jvision's `padding()`.
 
-    def responses(self, search, exemplar_map):
-        sums = correlate(self.encoder(search), exemplar_map)
+    def adjusted(self, sums: torch.Tensor) -> torch.Tensor:
+        """Response logits from correlation sums [N, H, W]: adjusted, or the raw sums when
+        `response_adjust` is off."""
         if not self.response_adjust:
             return sums
         return self.adjust(sums[:, None])[:, 0]
+
+    def responses(self, search, exemplar_map):
+        return self.adjusted(correlate(self.encoder(search), exemplar_map))
+
+    def heat_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """jvision's `heat_logits`: scenes [B, C, H, W] padded by half an exemplar window, encoded
+        once, the bank slid over them -> per-class response logits [B, classes, R, R']."""
+        padded = F.pad(images, (self.padding,) * 4)
+        sums = F.conv2d(self.encoder(padded), self.bank)
+        return self.adjusted(sums.flatten(0, 1)).view_as(sums)
 
     def vae(self, exemplar_map, eps):
         flat = torch.relu(exemplar_map).flatten(1)
@@ -191,8 +210,9 @@ class EncodingDetector(nn.Module):
 
     def jvision_layout(self, tree):
         """jvision's variables in torch's orders: the flattened map's (h, w, C) -> (C, h, w), the
-        scalar gain and bias as the adjust conv; the exemplar bank dropped (no twin)."""
-        tree = {k: v for k, v in tree.items() if k not in ("bank", "bank_counts")}
+        scalar gain and bias as the adjust conv, the bank's maps as (C, h, w)."""
+        if "bank" in tree:
+            tree = {**tree, "bank": np.asarray(tree["bank"]).transpose(0, 3, 1, 2)}
         features = _common.flat_permutation(self.map_shape, (2, 0, 1))
         for name in ("to_mean", "to_logvar"):
             tree = _common.replace(tree, name, lambda n: _common.permute(n, rows=features))

@@ -6,7 +6,13 @@ and class convs fused into one), the same (ymin, xmin, ymax, xmax) box frame and
 the same MultiBoxLoss. Hard negatives are mined over the whole batch with a sort (jvision bisects
 for the threshold instead: the same sum). Max-pooling is F.max_pool2d (jvision takes elementwise
 maxima of the four corners: the same values; only exact ties share the gradient there).
+
+The tutorial's own module has two convs per head (a box head Conv3x3(C, n·4) and a class head
+Conv3x3(C, n·11), each after InstanceNorm2d: docs/convert.md); `to_tutorial` and `from_tutorial`
+convert a state_dict between the two layouts.
 """
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -198,3 +204,52 @@ def build(config) -> Detector:
 
 def jax_noise(config, key, batch_size: int):
     return None
+
+
+# --- The tutorial's layout: separate box and class convs per head ------------------------------
+
+FUSED_CONV = re.compile(r"^(network\.heads\.\d+)\.conv\.(weight|bias)$")
+SPLIT_CONV = re.compile(r"^(network\.heads\.\d+)\.(box_conv|class_conv)\.(weight|bias)$")
+OPTIONAL_IN_TUTORIAL = ("priors",)  # The tutorial computes its priors: no buffer to load.
+
+
+def to_tutorial(state: dict) -> dict:
+    """The twin's state_dict with each head's fused conv `network.heads.{i}.conv.{weight,bias}`
+    split into `network.heads.{i}.box_conv.*` (its first priors·4 output channels: offsets, prior
+    by prior) and `network.heads.{i}.class_conv.*` (the other priors·11: logits, prior by prior);
+    every other name and tensor unchanged."""
+    out = {}
+    for name, value in state.items():
+        fused = FUSED_CONV.match(name)
+        if fused is None:
+            out[name] = value
+            continue
+        head, kind = fused.groups()
+        boxes = value.shape[0] // (4 + NUM_DIGITS + 1) * 4
+        out[f"{head}.box_conv.{kind}"] = value[:boxes].clone()
+        out[f"{head}.class_conv.{kind}"] = value[boxes:].clone()
+    return out
+
+
+def from_tutorial(state: dict, model: Detector) -> dict:
+    """`to_tutorial`'s inverse: each head's `box_conv` and `class_conv` tensors concatenated
+    along the output channels (box channels first) as the fused `conv`; `priors`, when absent,
+    from `model` (the twin of the same config: jvision's priors). KeyError when a head has one
+    of its two convs only."""
+    out = {}
+    for name, value in state.items():
+        split = SPLIT_CONV.match(name)
+        if split is None:
+            out[name] = value
+            continue
+        head, conv, kind = split.groups()
+        if conv == "box_conv":
+            partner = f"{head}.class_conv.{kind}"
+            if partner not in state:
+                raise KeyError(f"{name} without {partner}")
+            out[f"{head}.conv.{kind}"] = torch.cat([value, state[partner]], 0)
+        elif f"{head}.box_conv.{kind}" not in state:
+            raise KeyError(f"{name} without {head}.box_conv.{kind}")
+    if "priors" not in out:
+        out["priors"] = model.priors.detach().clone()
+    return out
