@@ -14,17 +14,20 @@ Same thread count N (`--threads`, default: every core this process may run on,
 - When N is fewer than the CPUs available, the process is also pinned to N of them
   (`os.sched_setaffinity`), so both frameworks run on the same cores.
 
-Verified in every run, not assumed: `ThreadMeter`, around each timed round, reads each thread's
-CPU time (`/proc/self/task/*/stat`) and the process's CPU time (`getrusage`); compare.py reports
-per framework, over its rounds, the threads that ran ≥ 5% of the wall time ("busy threads") and
-CPU time / wall time (how many cores' worth it got; a footnote flags a framework that got under 75%
-of N). Checked by hand on a 2-core machine (2048² matmul and a 3×3 conv, each framework in its own
-process): N=1 gives 1 busy thread for both; N=2 gives 2 busy threads for PyTorch and 2-3 for XLA
-(the Python thread that dispatches also counts). On a machine shared with other work, PyTorch's
-OpenMP threads wait for each other at every op's barrier, so N threads on fewer free cores can be
-many times slower than fewer threads (measured there: a 3×3 conv at N=2 with one core taken by
-another process, 31 ms vs 8.5 ms at N=1); XLA's pool degrades less. Compare `--threads` values
-when the machine is not idle.
+Verified in every run, not assumed: `ThreadMeter`, around each timed round, reads each thread's CPU
+time (`/proc/self/task/*/stat`) and the process's CPU time (`getrusage`); compare.py reports per
+framework, over its rounds, the threads that ran ≥ 5% of the wall time ("busy threads") and CPU
+time / wall time (how many cores' worth it got), and how many cores' worth *other* processes used
+meanwhile on the same CPUs (`/proc/stat`'s busy time of the CPUs this process may run on, steal
+included, less this process's own CPU time): a footnote flags a framework whose rounds shared the
+cores with a quarter of a core or more of other work. A low CPU time / wall time on an idle machine
+is the framework's own threading, not contention. Checked by hand on a 2-core machine (2048² matmul
+and a 3×3 conv, each framework in its own process): N=1 gives 1 busy thread for both; N=2 gives 2
+busy threads for PyTorch and 2-3 for XLA (the Python thread that dispatches also counts). On a
+machine shared with other work, PyTorch's OpenMP threads wait for each other at every op's barrier,
+so N threads on fewer free cores can be many times slower than fewer threads (measured there: a 3×3
+conv at N=2 with one core taken by another process, 31 ms vs 8.5 ms at N=1); XLA's pool degrades
+less. Compare `--threads` values when the machine is not idle.
 
 The roofline's ceiling (`matmul_peak`): a float32 size³ matmul in JAX and in PyTorch at the same
 thread count, measured at the start and the end of the run; the fastest of the four is the peak.
@@ -163,6 +166,23 @@ def _thread_ticks() -> dict[str, int]:
     return ticks
 
 
+def _busy_cpu_seconds() -> float:
+    """Busy time (user, nice, system, irq, softirq, steal) of the CPUs this process may run on,
+    summed over them, from /proc/stat; 0.0 where there is no /proc/stat."""
+    allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    busy = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in allowed:
+                    user, nice, system, _, _, irq, softirq, steal = map(int, fields[1:9])
+                    busy += user + nice + system + irq + softirq + steal
+    except OSError:
+        return 0.0
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -174,15 +194,17 @@ class ThreadMeter:
 
     def __init__(self):
         self.ticks: dict[str, int] = {}
-        self.wall = self.cpu = 0.0
+        self.wall = self.cpu = self.busy = 0.0
 
     def __enter__(self):
-        self._ticks, self._cpu, self._start = _thread_ticks(), _process_cpu(), time.perf_counter()
+        self._ticks, self._cpu, self._busy = _thread_ticks(), _process_cpu(), _busy_cpu_seconds()
+        self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.wall += time.perf_counter() - self._start
         self.cpu += _process_cpu() - self._cpu
+        self.busy += _busy_cpu_seconds() - self._busy
         for tid, value in _thread_ticks().items():
             self.ticks[tid] = self.ticks.get(tid, 0) + value - self._ticks.get(tid, 0)
 
@@ -196,6 +218,11 @@ class ThreadMeter:
 
     def cpu_per_wall(self) -> float:
         return self.cpu / self.wall if self.wall > 0 else 0.0
+
+    def others_per_wall(self) -> float:
+        """Cores' worth of CPU time other processes used on this process's CPUs (never below 0:
+        the two clocks tick at different moments)."""
+        return max(0.0, self.busy - self.cpu) / self.wall if self.wall > 0 else 0.0
 
 
 def matmul_peak(device: torch.device, size: int, repeats: int = 5) -> dict:

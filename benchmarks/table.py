@@ -14,6 +14,7 @@ HEADER = (
     "| jvision compile s | torch.compile s | GFLOP/step "
     "| GFLOP/s (% of matmul peak): jvision / eager / compiled "
     "| peak memory MiB: jvision / eager / compiled "
+    "| CPU time / wall time: jvision / eager / compiled "
     "| pipeline vs step, batches/s |"
 )
 
@@ -56,7 +57,7 @@ def table(results: list[dict], peak_gflops: float) -> list[str]:
     lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
     for r in results:
         if "error" in r:
-            cells = [f"`{r['config']}`", "—", "—", f"failed: {r['error']}"] + ["—"] * 10
+            cells = [f"`{r['config']}`", "—", "—", f"failed: {r['error']}"] + ["—"] * 11
             lines.append("| " + " | ".join(cells) + " |")
             continue
         memory = r.get("jvision_memory") or {}
@@ -79,6 +80,10 @@ def table(results: list[dict], peak_gflops: float) -> list[str]:
                     _mib(r.get("eager_memory_bytes")),
                     _mib(r.get("compiled_memory_bytes")),
                 ]
+            ),
+            " / ".join(
+                f"{r[f'{n}_cpu_per_wall']:.2f}" if f"{n}_cpu_per_wall" in r else "—"
+                for n in FRAMEWORKS
             ),
             f"{r['pipeline_batches_per_s']:,.0f} vs {r['step_batches_per_s']:,.0f} "
             f"({_times(r['pipeline_batches_per_s'] / r['step_batches_per_s'])})",
@@ -121,6 +126,11 @@ def method_notes(machine: dict, args: Any) -> list[str]:
     ]
 
 
+# Other processes' CPU time during a framework's rounds, in cores, from which they count as
+# contended (machine.ThreadMeter.others_per_wall): an idle machine measures under 0.05.
+CONTENDED_CORES = 0.25
+
+
 def thread_notes(r: dict, machine: dict) -> list[str]:
     """On CPU: each framework's busy threads and CPU time / wall time, and whether it starved."""
     if machine["gpu"]:
@@ -136,20 +146,19 @@ def thread_notes(r: dict, machine: dict) -> list[str]:
         f"`{name}`: threads that ran ≥ 5% of the timed rounds (CPU time / wall time): "
         f"{threads}; XLA's count includes the Python thread that dispatches the step."
     ]
-    starved = [
-        n
+    contended = {
+        n: r[f"{n}_others_per_wall"]
         for n in FRAMEWORKS
-        if f"{n}_cpu_per_wall" in r
-        and r[f"{n}_cpu_per_wall"] < 0.75 * machine["threads"]
-        and machine["threads"] > 1
-    ]
-    if starved:
+        if r.get(f"{n}_others_per_wall", 0.0) >= CONTENDED_CORES
+    }
+    if contended:
+        taken = ", ".join(f"{n} {cores:.2f}" for n, cores in contended.items())
         notes.append(
-            f"`{name}`: **contended**: {', '.join(starved)} got under 75% of "
-            f"{machine['threads']} cores' CPU time (load average "
-            f"{machine['loadavg_start']} → {machine['loadavg_end']}): another process "
-            "shared the cores, and PyTorch's OpenMP threads wait at every op for a "
-            "descheduled peer. Run on an idle machine or compare `--threads=1`."
+            f"`{name}`: **contended**: other processes used {taken} cores' worth of CPU time "
+            f"on these {machine['threads']} cores during the rounds (load average "
+            f"{machine['loadavg_start']} → {machine['loadavg_end']}); PyTorch's OpenMP threads "
+            "wait at every op for a descheduled peer. Run on an idle machine or compare "
+            "`--threads=1`."
         )
     return notes
 

@@ -195,6 +195,7 @@ def alternate(
         result[f"{name}_ms_rounds"] = times[name]
         result[f"{name}_busy_threads"] = meters[name].busy_threads()
         result[f"{name}_cpu_per_wall"] = meters[name].cpu_per_wall()
+        result[f"{name}_others_per_wall"] = meters[name].others_per_wall()
     return result
 
 

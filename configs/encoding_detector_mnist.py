@@ -74,6 +74,7 @@ def get_config(arg: str | None = None):
     config.evals.test = dict(type="detection_map", split=config.data.eval_split)
     if variant == "tiny":
         config_lib.shrink_for_tests(config)
+        config.data.name = "mnist_detection_tiny"  # The first scenes only, prepared in a second.
         config.data.train_split = "train[:40]"  # Also the calibration's scenes.
         config.model.widths = (8, 8, 8, 8)
         config.model.latent_size = 4

@@ -70,5 +70,6 @@ def get_config(arg: str | None = None):
 
     if variant == "tiny":
         config_lib.shrink_for_tests(config)
+        config.data.name = "mnist_detection_tiny"  # The first scenes only, prepared in a second.
         config.optimizer.decay_steps = (2,)
     return config

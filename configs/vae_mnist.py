@@ -6,7 +6,7 @@ Command (the README's quick start):
 Data: the embedded MNIST (4,000 train / 1,000 test digits), dynamically binarized. Reports
 `test/nelbo_nats` and, at the end, `test/nll_is_nats` (K = 500 importance samples per test digit).
 
-Result: docs/results.md (the quick start), per CPU kind measured (float32 rounds differently on
+Result: the README's table ("Two commands"), per CPU kind measured (float32 rounds differently on
 each CPU, so the digits after the first decimal differ between them).
 """
 

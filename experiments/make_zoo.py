@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jvision import config_saved, evaluate, zoo  # noqa: E402
+from jvision import config_saved, evaluate, logs, zoo  # noqa: E402
 from jvision.data import catalog  # noqa: E402
 from jvision.safety import files  # noqa: E402
 
@@ -48,19 +48,24 @@ DATA = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--command", required=True, help="The command that trained it.")
-    parser.add_argument("--machine", required=True)
-    parser.add_argument("--wall", required=True, help="Its training's wall time.")
+    parser.add_argument("--workdir")
+    parser.add_argument("--name")
+    parser.add_argument("--command", help="The command that trained it.")
+    parser.add_argument("--machine")
+    parser.add_argument("--wall", help="Its training's wall time.")
     parser.add_argument("--notes", default="", help="Anything else the card must say.")
-    parser.add_argument("--rescore_split", required=True)
+    parser.add_argument("--rescore_split")
     parser.add_argument("--rescore_evals", default="test")
     parser.add_argument("--float16", default="", help="Comma-separated array paths.")
     parser.add_argument(
         "--results", action="store_true", help="Re-evaluate the whole split (after --float16)."
     )
+    parser.add_argument(
+        "--index_only", action="store_true", help="Only rewrite zoo/README.md from the cards."
+    )
     args = parser.parse_args()
+    if args.index_only:
+        return write_index()
     entry = zoo.ROOT / args.name
     float16 = tuple(filter(None, args.float16.split(",")))
 
@@ -103,7 +108,47 @@ def main() -> None:
         float16,
     )
     files.write_atomically(entry / "README.md", readme(card, results).encode())
+    write_index()
     print(f"{entry}: {zoo.size(entry) / 1e6:.2f} MB; rescore {rescored}")
+
+
+INDEX = """# The model zoo
+
+Trained models kept in the repository, each opened like a workdir wherever jvision reads one:
+`jvision.evaluate.load("zoo:NAME")`, `python -m jvision.evaluate --workdir=zoo:NAME`,
+`python -m jvision.export --workdir=zoo:NAME`, `--config.init_from.workdir=zoo:NAME`. Nothing
+writes into an entry: a training, pictures or an export pointed at one is refused with one line.
+
+How the weights are stored, and why: `params.npz`, one NumPy array per variable named by its path
+(`encoder/0/conv/kernel`), float32 as trained: `numpy.load` reads it without jvision, JAX or
+Orbax, and NumPy's format is stable, small (the optimizer state and Orbax's per-array metadata
+are left out) and reviewable in git. The arrays an entry keeps as float16 to stay within 5 MB are
+named on its card, whose numbers are then those of the stored weights. `card.json` holds the
+SHA-256 of the parameters, config and results, checked at every load: a changed byte is named.
+
+The tests (`tests/test_zoo.py`) re-score every entry in float64 on a fixed part of its test split
+and compare with its card within a tolerance derived from float32 rounding, on whatever CPU runs
+them: a change that alters a model's computation fails them. An entry is made from a finished
+workdir by `python experiments/make_zoo.py` (its docstring gives the command), which also
+rewrites this page; the trainings behind the entries are listed with their commands and times in
+[results](../docs/results.md#the-model-zoo).
+
+| entry | family | data | steps | result on the whole test split | size |
+|---|---|---|---|---|---|
+"""
+
+
+def write_index() -> None:
+    rows = []
+    for name in zoo.names():
+        card = zoo.card(zoo.ROOT / name)
+        results = files.read_json(zoo.ROOT / name / files.RESULTS_FILE)["metrics"]
+        headline = logs.metrics(results, limit=2)
+        rows.append(
+            f"| [`{name}`]({name}/README.md) | `{card['model']}` | `{card['data']['name']}` | "
+            f"{card['steps']:,} | {headline} | {zoo.size(zoo.ROOT / name) / 1e6:.2f} MB |"
+        )
+    files.write_atomically(zoo.ROOT / "README.md", (INDEX + "\n".join(rows) + "\n").encode())
 
 
 def readme(card: dict, results: dict) -> str:

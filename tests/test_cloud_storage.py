@@ -10,6 +10,8 @@ through the same libraries in this process (the `bucket` fixture). How the Tenso
 (`tf.io.gfile`) was checked, and why it is not here: docs/cloud_storage.md.
 """
 
+import http.client
+import http.server
 import json
 import os
 import pathlib
@@ -493,3 +495,79 @@ def _assert_bit_identical(tree: dict, other: dict) -> None:
         a, b = np.asarray(a), np.asarray(b)
         assert (a.dtype, a.shape) == (b.dtype, b.shape), path
         assert a.tobytes() == b.tobytes(), jax.tree_util.keystr(path)
+
+
+def test_the_tls_proxy_of_the_tensorflow_path_forwards_and_rewrites(tmp_path):
+    """`tests/gcs_tls_proxy.py` (docs/cloud_storage.md, checked by hand as root): it serves TLS,
+    forwards a request's de-chunked body upstream, points a `Location` back at Google's host,
+    and answers `storageLayout` itself."""
+    import ssl
+
+    seen = {}
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Location", "http://0.0.0.0:80/upload/storage/v1/b/x?upload_id=1")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tests", "gcs_tls_proxy.py"),
+            str(port),
+            str(upstream.server_address[1]),
+            str(cert),
+            str(key),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.stdout.readline().strip() == "serving"
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        connection.putrequest("POST", "/upload/storage/v1/b/x/o")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        connection.send(b"5\r\nhello\r\n0\r\n\r\n")
+        answer = connection.getresponse()
+        assert answer.status == 200 and answer.read() == b"ok" and seen["body"] == b"hello"
+        assert answer.getheader("Location").startswith("https://www.googleapis.com/upload/")
+        connection.request("GET", "/storage/v1/b/x/storageLayout")
+        layout = json.loads(connection.getresponse().read())
+        assert layout["hierarchicalNamespace"] == {"enabled": False}
+    finally:
+        proxy.kill()
+        upstream.shutdown()

@@ -29,6 +29,7 @@ COLUMNS = (
     "GFLOP/step",
     "GFLOP/s (% of matmul peak): jvision / eager / compiled",
     "peak memory MiB: jvision / eager / compiled",
+    "CPU time / wall time: jvision / eager / compiled",
     "pipeline vs step, batches/s",
 )
 
@@ -85,3 +86,19 @@ def test_compare_tiny_vae(tmp_path, placement):
 
     written = markdown.read_text()
     assert header in written and rows[0] in written
+
+
+def test_contention_is_other_processes_time_not_a_low_cpu_per_wall():
+    """An idle machine where XLA keeps 1.3 of 2 cores busy is not contended; other processes
+    taking a quarter of a core or more are, whatever the frameworks' own use."""
+    sys.path.insert(0, ROOT)
+    from benchmarks import table
+
+    machine = {"gpu": False, "threads": 2, "loadavg_start": "1.0", "loadavg_end": "1.0"}
+    row = {"config": "vae_mnist", "jvision_busy_threads": 3, "eager_busy_threads": 2}
+    idle = {**row, "jvision_cpu_per_wall": 1.3, "eager_cpu_per_wall": 1.96}
+    idle.update(jvision_others_per_wall=0.02, eager_others_per_wall=0.0)
+    assert not any("contended" in note for note in table.thread_notes(idle, machine))
+    shared = {**idle, "eager_others_per_wall": 0.6}
+    (note,) = [note for note in table.thread_notes(shared, machine) if "contended" in note]
+    assert "eager 0.60 cores" in note and "jvision" not in note.split("used")[1].split("cores")[0]

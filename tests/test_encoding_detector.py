@@ -13,7 +13,7 @@ from helpers import built, float64, load_config, model_to_float64, to_float64
 from jvision import models
 from jvision.models import encoding_detector
 from jvision.models.encoding_detector import triplets
-from jvision.ops import correlation
+from jvision.ops import coco_metrics, correlation
 from jvision.safety import reader
 
 
@@ -232,7 +232,8 @@ def test_both_correlations_give_the_same_training_loss():
 def test_tiny_run_reports_map_and_draws_heat_maps(trained):
     workdir = trained("encoding_detector_mnist").workdir
     metrics = json.loads((workdir / "results.json").read_text())["metrics"]
-    assert set(metrics) == {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
+    voc = {"test/mAP", *(f"test/AP_{d}" for d in range(10))}
+    assert set(metrics) == voc | {f"test/{name}" for name in coco_metrics.METRICS}
     assert {p.name for p in (workdir / "images").iterdir()} == {"detections.png", "heatmaps.png"}
 
     model, _ = reader.read_arrays(workdir)
@@ -249,4 +250,5 @@ def test_kitti_triplets_and_detection_on_mocked_tfds(tmp_path):
     config.eval_every_steps = config.total_steps  # One evaluation of full-size frames, at the end.
     with tfds.testing.mock_data(num_examples=12):
         results = train.train_and_evaluate(config, str(tmp_path / "run"))
-    assert set(results) == {"test/mAP", "test/AP_0"}
+    coco = {f"test/{name}" for name in coco_metrics.METRICS}
+    assert set(results) == {"test/mAP", "test/AP_0"} | coco

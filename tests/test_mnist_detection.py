@@ -36,6 +36,14 @@ def test_generation_is_deterministic_for_a_seed():
     assert not np.array_equal(first[0], third[0])
 
 
+def test_fewer_scenes_are_the_first_scenes():
+    """What makes `mnist_detection_tiny` (the `:tiny` runs' data) the first scenes of
+    `mnist_detection`: the generator draws scene after scene from one stream."""
+    few, many = _scenes(40, 0), _scenes(250, 0)  # 250 scenes cycle through the 200 digits.
+    for a, b in zip(few, many, strict=True):
+        np.testing.assert_array_equal(a, b[:40])
+
+
 def test_crop_to_ink_drops_the_last_ink_row_and_column_as_the_tutorial():
     digit = np.zeros((10, 10), np.uint8)
     digit[2:6, 3:8] = 9  # Ink rows 2..5, columns 3..7.

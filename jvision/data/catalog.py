@@ -40,6 +40,12 @@ DATASETS = {
         ("train", "test"),
         "jvision.data.mnist_detection:MnistDetection/embedded",
     ),
+    "mnist_detection_tiny": DatasetSpec(
+        "mnist_detection",
+        255,
+        ("train", "test"),
+        "jvision.data.mnist_detection:MnistDetection/tiny",
+    ),
     "mnist_detection_full": DatasetSpec(
         "mnist_detection",
         255,
