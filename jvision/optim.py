@@ -49,8 +49,8 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
     else:
         timescale = float(opt.get("rsqrt_timescale", 10_000))
 
-        def main(count):
-            return peak * jnp.sqrt(timescale / (timescale + count))
+        def main(count):  # join_schedules also evaluates it before the warmup ends: count < 0.
+            return peak * jnp.sqrt(timescale / (timescale + jnp.maximum(count, 0)))
 
     if not warmup:
         return main

@@ -125,6 +125,20 @@ def test_schedules_with_warmup_equal_their_closed_form(kind):
             assert float(schedule(t)) == pytest.approx(_closed_form(kind, t), rel=RTOL, abs=1e-15)
 
 
+@pytest.mark.parametrize("timescale", [10.0, 4.0])
+def test_rsqrt_is_finite_when_the_warmup_reaches_its_timescale(timescale):
+    """join_schedules evaluates the rsqrt part during the warmup too, at negative counts: with a
+    warmup as long as the timescale (or longer) that once divided by zero at step 0."""
+    settings = _settings(
+        learning_rate=0.5, schedule="rsqrt", warmup_steps=10, rsqrt_timescale=timescale
+    )
+    with float64():
+        schedule = optim.learning_rate_schedule(settings, total_steps=110)
+        for t in range(0, 30):
+            want = _closed_form("rsqrt", t, timescale=timescale)
+            assert float(schedule(t)) == pytest.approx(want, rel=RTOL, abs=1e-15), t
+
+
 def test_adamw_is_optax_adamw():
     """`adamw` is optax's, decoupled decay included: the same updates from the same gradients
     (after the same clipping)."""
