@@ -5,10 +5,11 @@
     python -m jvision.convert --to-torch --workdir=DIR [--step=N] [--weights=live]
         [--layout=tutorial] --out=FILE.pt
 
-`--from-torch` reads a PyTorch `state_dict` laid out as the config's PyTorch twin
-(`benchmarks/torch_models/`, which follow the original projects' layers and names) and writes DIR,
-a folder in the model zoo's format (`jvision.zoo`: params.npz, config.json, results.json with step
-0 and no metrics, card.json saying where it came from) that jvision opens like a workdir:
+`--from-torch` reads a PyTorch `state_dict` (bare, or a checkpoint dict's `model_state_dict`)
+laid out as the config's PyTorch twin (`benchmarks/torch_models/`, which follow the original
+projects' layers and names) and writes DIR, a folder in the model zoo's format (`jvision.zoo`:
+params.npz, config.json, results.json with step 0 and no metrics, card.json saying where it came
+from) that jvision opens like a workdir:
 `jvision.evaluate.load(DIR)`, `--config.init_from.workdir=DIR`, `python -m jvision.export
 --workdir=DIR`. `--to-torch` writes the state_dict of the twin for any workdir's or zoo entry's
 config, from the model as `jvision.evaluate.load` gives it (parameters averaged under EMA unless
@@ -24,14 +25,18 @@ state computed from data: the state_dict's `bank` [classes, C, h, w] and `bank_c
 (buffers of its twin) are taken as they are, nothing is recomputed (a twin's own initialisation
 has an empty bank: zeros, in which nothing is detected).
 
-`--layout=tutorial` (the SSD only) is the tutorial's module, whose heads have a box conv and a
-class conv each where jvision and the twin fuse them into one: the state_dict's names are the
-twin's except that head i has `network.heads.{i}.box_conv.{weight,bias}` [priors·4, C, 3, 3]
-and `network.heads.{i}.class_conv.{weight,bias}` [priors·11, C, 3, 3] instead of
-`network.heads.{i}.conv.*` (the tutorial's own attribute names are not recorded here; these are
-the twin's, split); `priors` may be absent (the tutorial computes its priors) and is then the
-config's. The two convs are concatenated along the output channels, box channels first, as
-jvision's fused kernel.
+`--layout=tutorial` (the SSD only) is the state_dict of the tutorial's own module
+(`SSD300(config, base_conv, aux_conv)` of PhanHuyThong's main.ipynb): its layers named by
+position (`base_conv.module_list.{7s+3l}.conv.*` and `.{7s+3l+1}.*` for layer l of base stage s,
+`aux_conv.module_list.{6s+3l}…` likewise), each head's box and class convs apart
+(`pred_conv.loc_module_list.{i}.1.*`, `pred_conv.cla_module_list.{i}.1.*`; jvision and the twin
+fuse them, box channels first) and no priors (`benchmarks.torch_models.ssd.to_tutorial`). Its
+priors are a plain attribute, computed in a transposed frame: each prior's row and column centres
+swapped (and its last map's extra prior of size 1). The model learned its offsets against those,
+so `--from-torch` gives the model the tutorial's priors (`ssd.tutorial_priors`), with which
+jvision's decoding finds the boxes the tutorial's finds; `--to-torch` writes no priors, and
+refuses a model whose priors are not the tutorial's (one trained by jvision: its boxes would land
+transposed in the tutorial's module).
 
 Bad input ends with one line on stderr and exit status 1, nothing written: a missing file, a
 state_dict whose keys or shapes do not fit the config's twin (the first differing ones named), an
@@ -49,6 +54,7 @@ import types
 from typing import TYPE_CHECKING
 
 import ml_collections
+import numpy as np
 from absl import app, flags
 from etils import epath
 
@@ -121,33 +127,58 @@ def template(config: ml_collections.ConfigDict) -> dict:
 
 def to_torch(variables: dict, config: ml_collections.ConfigDict, layout: str = "twin") -> dict:
     """jvision variables (`nnx.to_pure_dict(nnx.state(model))`) -> the state_dict of the twin
-    of `config`'s model, in the twin's order, float32 tensors (`num_batches_tracked` 0)."""
+    of `config`'s model (or the SSD tutorial's module, `layout`), in its order, float32 tensors
+    (`num_batches_tracked` 0). `UserError` for the tutorial's layout unless the model's priors
+    are the tutorial's (`check_tutorial_priors`)."""
     _check_layout(layout, config)
     tm = twins()
     twin = twin_of(config)
+    if layout == "tutorial":
+        check_tutorial_priors(variables["priors"], config, twin.priors.numpy())
     converted = tm.jvision_to_torch(twin, variables)
     state = {name: converted.get(name, value) for name, value in twin.state_dict().items()}
     return tm.ssd.to_tutorial(state) if layout == "tutorial" else state
 
 
+def check_tutorial_priors(priors, config: ml_collections.ConfigDict, own: np.ndarray) -> None:
+    """`UserError` unless `priors` [P, 4] are those the SSD tutorial's module computes for
+    `config` (`ssd.tutorial_priors`, its transposed frame): that module decodes the model's
+    offsets against its own priors. `own`: jvision's priors for `config`, named when they are the
+    model's."""
+    priors = np.asarray(priors)
+    tutorial = twins().ssd.tutorial_priors(config.model)
+    if priors.shape == tutorial.shape and np.allclose(priors, tutorial, rtol=0, atol=1e-6):
+        return
+    if priors.shape == own.shape and np.allclose(priors, own, rtol=0, atol=1e-6):
+        which = "jvision's (a model trained by jvision)"
+    else:
+        which = "neither jvision's nor the tutorial's"
+    raise UserError(
+        f"--layout=tutorial: the model's priors are {which}; the tutorial's module computes its "
+        "own, in its transposed frame, and would decode the model's offsets against them to "
+        "boxes in the wrong place. Only a model converted from the tutorial's layout goes back to "
+        "it; --layout=twin writes the priors with the weights"
+    )
+
+
 def from_torch(
     state: dict, config: ml_collections.ConfigDict, layout: str = "twin", where: str = "state_dict"
 ) -> dict:
-    """A state_dict laid out as `config`'s twin (or the tutorial's, `layout`) -> jvision
-    variables: the nested dict of `nnx.to_pure_dict(nnx.state(model))`, NumPy arrays of the
-    model's dtypes. `UserError` naming the first keys or the shape that do not fit (`where`
-    names the state_dict)."""
+    """A state_dict laid out as `config`'s twin (or the SSD tutorial's module, `layout`, whose
+    priors are then the tutorial's) -> jvision variables: the nested dict of
+    `nnx.to_pure_dict(nnx.state(model))`, NumPy arrays of the model's dtypes. `UserError` naming
+    the first keys or the shape that do not fit (`where` names the state_dict)."""
     _check_layout(layout, config)
     tm = twins()
     twin = twin_of(config)
     expected = twin.state_dict()
-    optional = {name for name in expected if name.endswith("num_batches_tracked")}
     if layout == "tutorial":
         expected = tm.ssd.to_tutorial(expected)
-        optional |= set(tm.ssd.OPTIONAL_IN_TUTORIAL)
-    _check_fits(state, {name: tuple(v.shape) for name, v in expected.items()}, optional, where)
+    optional = {name for name in expected if name.endswith("num_batches_tracked")}
+    shapes = {name: tuple(v.shape) for name, v in expected.items()}
+    _check_fits(state, shapes, optional, where, layout)
     if layout == "tutorial":
-        state = tm.ssd.from_tutorial(state, twin)
+        state = tm.ssd.from_tutorial(state, twin, config.model)
     return tm.torch_to_jvision(twin, state, template(config))
 
 
@@ -156,36 +187,80 @@ def _some(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _check_fits(state: dict, expected: dict, optional: set, where: str) -> None:
+# What a state_dict of each layout is checked against: (in full, in short).
+TARGETS = {
+    "twin": ("the config's PyTorch twin", "the config's twin"),
+    "tutorial": ("the SSD tutorial's module for the config", "the tutorial's module"),
+}
+TUTORIAL_PREFIXES = ("base_conv.", "aux_conv.", "pred_conv.")  # Its modules' attribute names.
+
+
+def _layout_hint(unexpected: list[str], layout: str) -> str:
+    """A hint when the unexpected names are the other layout's."""
+    tutorial = any(name.startswith(TUTORIAL_PREFIXES) for name in unexpected)
+    if layout == "twin" and tutorial:
+        return " (the SSD tutorial's own names: --layout=tutorial)"
+    if layout == "tutorial" and any(name.startswith("network.") for name in unexpected):
+        return " (the twin's names: leave out --layout=tutorial)"
+    return ""
+
+
+def _check_fits(state: dict, expected: dict, optional: set, where: str, layout: str) -> None:
     """`UserError` unless `state` has `expected`'s names (those in `optional` may be absent)
-    and shapes."""
+    and shapes; the message names what `layout` is checked against, with a hint for names of
+    the other layout."""
+    target, short = TARGETS[layout]
     missing = [name for name in expected if name not in state and name not in optional]
     unexpected = [name for name in state if name not in expected]
     if missing or unexpected:
         parts = [f"lacks {_some(missing)}"] if missing else []
-        parts += [f"has {_some(unexpected)}, which the twin has not"] if unexpected else []
-        hint = ""
-        if any(".box_conv." in name for name in unexpected):
-            hint = " (separate box and class convs: --layout=tutorial)"
-        raise UserError(
-            f"{where} does not fit the config's PyTorch twin: it {'; it '.join(parts)}{hint}"
-        )
+        parts += [f"has {_some(unexpected)}, which {short} has not"] if unexpected else []
+        hint = _layout_hint(unexpected, layout)
+        raise UserError(f"{where} does not fit {target}: it {'; it '.join(parts)}{hint}")
     for name, value in state.items():
         if tuple(value.shape) != expected[name]:
             raise UserError(
-                f"{where}: {name} has shape {list(value.shape)}; the config's twin has "
-                f"{list(expected[name])}"
+                f"{where}: {name} has shape {list(value.shape)}; {short} has {list(expected[name])}"
             )
 
 
+CHECKPOINT_KEY = "model_state_dict"  # A checkpoint dict's state_dict (the SSD tutorial's).
+
+
+def _numpy_globals() -> list:
+    """What pickled NumPy arrays and scalars of numbers are rebuilt with, under NumPy 1's and 2's
+    module names, for `torch.load(weights_only=True)`: a checkpoint may hold some beside its
+    state_dict (the SSD tutorial's keeps its config, whose prior scales are an array). They
+    rebuild numbers from bytes and call nothing else."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    numeric = "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
+    rebuilders = [np.ndarray, np.dtype, *{type(np.dtype(code)) for code in numeric}]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        rebuilders.append((multiarray._reconstruct, f"{module}._reconstruct"))
+        rebuilders.append((multiarray.scalar, f"{module}.scalar"))
+    return rebuilders
+
+
+def _is_state_dict(value) -> bool:
+    import torch
+
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """The state_dict in a `torch.save` file (tensors only: `torch.load(weights_only=True)`);
-    `UserError` when it cannot be read or holds something else."""
+    """The state_dict in a `torch.save` file: the file's dict of names to tensors, or its
+    `model_state_dict` (a checkpoint dict, as the SSD tutorial saves). Read with
+    `torch.load(weights_only=True)`, NumPy arrays allowed; `UserError` when it cannot be read or
+    holds something else."""
     import torch
 
     path = epath.Path(path)
     try:
-        with path.open("rb") as file:
+        with path.open("rb") as file, torch.serialization.safe_globals(_numpy_globals()):
             loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # Whatever torch's unpickler raises, on one line.
         message = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
@@ -193,16 +268,17 @@ def load_state_dict(path: str | os.PathLike) -> dict:
             f"cannot read {path} as a PyTorch state_dict ({message}); write one with "
             "torch.save(model.state_dict(), FILE)"
         ) from None
-    named = isinstance(loaded, dict) and bool(loaded)
-    if not named or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        inner = [k for k, v in loaded.items() if isinstance(v, dict)] if named else []
-        hint = f" (its {inner[0]!r} may be one: save that alone)" if inner else ""
-        raise UserError(
-            f"{path} holds a {type(loaded).__name__}, not a state_dict (names to tensors){hint}"
-        )
-    return dict(loaded)
+    if _is_state_dict(loaded):
+        return dict(loaded)
+    if isinstance(loaded, dict) and _is_state_dict(loaded.get(CHECKPOINT_KEY)):
+        return dict(loaded[CHECKPOINT_KEY])
+    named = isinstance(loaded, dict)
+    inner = [k for k, v in loaded.items() if isinstance(v, dict)] if named else []
+    hint = f" (its {inner[0]!r} may be one: save that alone)" if inner else ""
+    raise UserError(
+        f"{path} holds a {type(loaded).__name__}, not a state_dict (names to tensors) nor a dict "
+        f"with one as {CHECKPOINT_KEY!r}{hint}"
+    )
 
 
 def state_dict_bytes(state: dict) -> bytes:

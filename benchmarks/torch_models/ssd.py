@@ -7,13 +7,17 @@ the same MultiBoxLoss. Hard negatives are mined over the whole batch with a sort
 for the threshold instead: the same sum). Max-pooling is F.max_pool2d (jvision takes elementwise
 maxima of the four corners: the same values; only exact ties share the gradient there).
 
-The tutorial's own module has two convs per head (a box head Conv3x3(C, n·4) and a class head
-Conv3x3(C, n·11), each after InstanceNorm2d: docs/convert.md); `to_tutorial` and `from_tutorial`
-convert a state_dict between the two layouts.
+The tutorial's own module names its layers by position in module lists and has two convs per head
+(a box conv Conv3x3(C, n·4) and a class conv Conv3x3(C, n·11), each after InstanceNorm2d), and
+its priors swap each prior's row and column centres (docs/convert.md); `to_tutorial` and
+`from_tutorial` convert a state_dict between the two layouts, `tutorial_priors` computes the
+tutorial's priors.
 """
 
+import itertools
 import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,50 +210,107 @@ def jax_noise(config, key, batch_size: int):
     return None
 
 
-# --- The tutorial's layout: separate box and class convs per head ------------------------------
+# --- The tutorial's own module: its state_dict names and its priors' frame ---------------------
 
-FUSED_CONV = re.compile(r"^(network\.heads\.\d+)\.conv\.(weight|bias)$")
-SPLIT_CONV = re.compile(r"^(network\.heads\.\d+)\.(box_conv|class_conv)\.(weight|bias)$")
-OPTIONAL_IN_TUTORIAL = ("priors",)  # The tutorial computes its priors: no buffer to load.
+# Modules per stage of the tutorial's `base_conv.module_list` and `aux_conv.module_list`: (a Conv
+# wrapper holding its nn.Conv2d as `.conv`, BatchNorm2d, activation) twice, then in the base a
+# MaxPool2d (the last stage's removed, which changes no index before it).
+MODULES_PER_STAGE = {"base": 7, "aux": 6}
+MODULES_PER_LAYER = 3
+TWIN_LAYER = re.compile(r"^network\.(base|aux)\.(\d+)\.(\d+)\.(conv|norm)\.(\w+)$")
+TWIN_HEAD = re.compile(r"^network\.heads\.(\d+)\.conv\.(weight|bias)$")
+# Head i of `pred_conv`: nn.Sequential(InstanceNorm2d (no tensors), nn.Conv2d), box and class.
+TUTORIAL_HEADS = ("pred_conv.loc_module_list", "pred_conv.cla_module_list")
+
+
+def tutorial_layer_name(name: str) -> str:
+    """The tutorial's name of the twin's base or auxiliary tensor `name`: layer l of stage s is
+    module M·s + 3·l of `{base,aux}_conv.module_list` (M = 7 in the base, 6 in the auxiliary
+    stages) for its conv (`….conv.weight`), the next module for its BatchNorm (`….weight`,
+    `….running_mean`, …). ValueError for another name."""
+    layer = TWIN_LAYER.match(name)
+    if layer is None:
+        raise ValueError(f"{name} is not a base or auxiliary layer's tensor of the SSD twin")
+    part, stage, index, module, tensor = layer.groups()
+    position = MODULES_PER_STAGE[part] * int(stage) + MODULES_PER_LAYER * int(index)
+    if module == "conv":
+        return f"{part}_conv.module_list.{position}.conv.{tensor}"
+    return f"{part}_conv.module_list.{position + 1}.{tensor}"
+
+
+def tutorial_head_names(name: str) -> tuple[str, str]:
+    """The tutorial's box and class conv names of the twin's fused head tensor `name`
+    (`network.heads.{i}.conv.weight` -> `pred_conv.loc_module_list.{i}.1.weight` and
+    `pred_conv.cla_module_list.{i}.1.weight`)."""
+    index, tensor = TWIN_HEAD.match(name).groups()
+    box, cls = (f"{heads}.{index}.1.{tensor}" for heads in TUTORIAL_HEADS)
+    return box, cls
+
+
+def tutorial_priors(model_config) -> np.ndarray:
+    """The priors the tutorial's module computes for `model_config`'s feature sizes, scales and
+    aspect ratios, in jvision's storage: centre boxes (cy, cx, h, w) [P, 4], float32, clipped to
+    [0, 1], in jvision's order (map, row, column, ratio with the extra prior after ratio 1).
+
+    The tutorial's prior at feature cell (row j, column k) of a d×d map of scale s is (c0, c1, e0,
+    e1) = ((k+.5)/d, (j+.5)/d, s√r, s/√r), and its encode and decode set c0, e0 and offsets 0, 2
+    against its boxes' first coordinate, a row (boxes (row_min, col_min, row_max, col_max), centre
+    = c + offset·e/10, size = e·exp(offset/5)): the prior stands for row centre (k+.5)/d, column
+    centre (j+.5)/d, height s√r, width s/√r, which is (cy, cx, h, w) in jvision's storage, where
+    `jvision.ops.boxes.decode` takes offsets 0, 2 against cy, h with the same variances. So these
+    are jvision's priors (`ssd_priors`: ((j+.5)/d, (k+.5)/d, s√r, s/√r)) with each prior's row and
+    column centres swapped, except one extent: the tutorial's extra prior on the last map is 1
+    wide and tall, jvision's √(s·1).
+    """
+    sizes, scales = tuple(model_config.feature_sizes), tuple(model_config.prior_scales)
+    priors = []
+    for index, (size, scale, ratios) in enumerate(
+        zip(sizes, scales, model_config.aspect_ratios, strict=True)
+    ):
+        extra = np.sqrt(scale * scales[index + 1]) if index + 1 < len(scales) else 1.0
+        for row, col in itertools.product(range(size), range(size)):
+            cy, cx = (col + 0.5) / size, (row + 0.5) / size  # The tutorial's transposed frame.
+            for ratio in ratios:
+                priors.append([cy, cx, scale * np.sqrt(ratio), scale / np.sqrt(ratio)])
+                if ratio == 1:
+                    priors.append([cy, cx, extra, extra])
+    return np.clip(np.asarray(priors, np.float32), 0.0, 1.0)
 
 
 def to_tutorial(state: dict) -> dict:
-    """The twin's state_dict with each head's fused conv `network.heads.{i}.conv.{weight,bias}`
-    split into `network.heads.{i}.box_conv.*` (its first priors·4 output channels: offsets, prior
-    by prior) and `network.heads.{i}.class_conv.*` (the other priors·11: logits, prior by prior);
-    every other name and tensor unchanged."""
-    out = {}
+    """The twin's state_dict -> the tutorial's module's (`SSD300(config, base_conv, aux_conv)`),
+    in that module's order: each layer renamed (`tutorial_layer_name`), each head's fused conv
+    split into the box conv (its first priors·4 output channels: offsets, prior by prior) and the
+    class conv (the other priors·11: logits, prior by prior), `priors` left out (the tutorial
+    computes its own, a plain attribute). Tensors unchanged (heads: copies)."""
+    layers, boxes, classes = {}, {}, {}
     for name, value in state.items():
-        fused = FUSED_CONV.match(name)
-        if fused is None:
-            out[name] = value
+        if name == "priors":
             continue
-        head, kind = fused.groups()
-        boxes = value.shape[0] // (4 + NUM_DIGITS + 1) * 4
-        out[f"{head}.box_conv.{kind}"] = value[:boxes].clone()
-        out[f"{head}.class_conv.{kind}"] = value[boxes:].clone()
-    return out
+        if TWIN_HEAD.match(name) is None:
+            layers[tutorial_layer_name(name)] = value
+            continue
+        box, cls = tutorial_head_names(name)
+        split = value.shape[0] // (4 + NUM_DIGITS + 1) * 4
+        boxes[box], classes[cls] = value[:split].clone(), value[split:].clone()
+    return {**layers, **boxes, **classes}
 
 
-def from_tutorial(state: dict, model: Detector) -> dict:
-    """`to_tutorial`'s inverse: each head's `box_conv` and `class_conv` tensors concatenated
-    along the output channels (box channels first) as the fused `conv`; `priors`, when absent,
-    from `model` (the twin of the same config: jvision's priors). KeyError when a head has one
-    of its two convs only."""
+def from_tutorial(state: dict, model: Detector, model_config) -> dict:
+    """The tutorial module's state_dict -> the twin's (`model`, the twin of `model_config`):
+    `to_tutorial`'s renaming undone, each head's box and class convs concatenated along the
+    output channels (box channels first), `priors` those the tutorial computes
+    (`tutorial_priors`). A `num_batches_tracked` absent from `state` is left out; KeyError for
+    another missing tensor."""
     out = {}
-    for name, value in state.items():
-        split = SPLIT_CONV.match(name)
-        if split is None:
-            out[name] = value
-            continue
-        head, conv, kind = split.groups()
-        if conv == "box_conv":
-            partner = f"{head}.class_conv.{kind}"
-            if partner not in state:
-                raise KeyError(f"{name} without {partner}")
-            out[f"{head}.conv.{kind}"] = torch.cat([value, state[partner]], 0)
-        elif f"{head}.box_conv.{kind}" not in state:
-            raise KeyError(f"{name} without {head}.box_conv.{kind}")
-    if "priors" not in out:
-        out["priors"] = model.priors.detach().clone()
+    for name in model.state_dict():
+        if name == "priors":
+            out[name] = torch.from_numpy(tutorial_priors(model_config))
+        elif TWIN_HEAD.match(name) is not None:
+            box, cls = tutorial_head_names(name)
+            out[name] = torch.cat([state[box], state[cls]], 0)
+        else:
+            tutorial = tutorial_layer_name(name)
+            if tutorial in state or not name.endswith("num_batches_tracked"):
+                out[name] = state[tutorial]
     return out

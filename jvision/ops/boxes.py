@@ -62,8 +62,11 @@ def ssd_priors(
     """SSD prior boxes as centre boxes [P, 4], clipped to [0, 1].
 
     Order: feature map, then row, then column, then the map's aspect ratios in order, with one
-    extra square prior of scale √(s_i · s_{i+1}) (1 on the last map) right after ratio 1. This is
-    the order of a head's [B, H, W, priors·k] output reshaped to [B, H·W·priors, k].
+    extra square prior of scale √(s_i · s_{i+1}) (√s_i on the last map) right after ratio 1. This
+    is the order of a head's [B, H, W, priors·k] output reshaped to [B, H·W·priors, k]. The
+    tutorial's last-map extra is 1.0 (its IndexError fallback), not √s_i: 4 of its 2,124 priors
+    differ here (0.949 against 1.0 for scale 0.9); kept, since every SSD result and zoo entry was
+    trained with these (`benchmarks/torch_models/ssd.tutorial_priors` converts the tutorial's).
     An aspect ratio is height / width: a prior of ratio r is s·√r tall and s/√r wide.
     """
     priors = []
