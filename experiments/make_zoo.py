@@ -149,6 +149,20 @@ def write_index() -> None:
             f"{card['steps']:,} | {headline} | {zoo.size(zoo.ROOT / name) / 1e6:.2f} MB |"
         )
     files.write_atomically(zoo.ROOT / "README.md", (INDEX + "\n".join(rows) + "\n").encode())
+    print("The rows of docs/results.md's 'The model zoo':")
+    for name in zoo.names():
+        print(results_row(name))
+
+
+def results_row(name: str) -> str:
+    """The entry's row in docs/results.md (tests/test_zoo.py checks the numbers)."""
+    card = zoo.card(zoo.ROOT / name)
+    results = files.read_json(zoo.ROOT / name / files.RESULTS_FILE)["metrics"]
+    return (
+        f"| [`{name}`](../zoo/{name}/README.md) | `{card['data']['name']}`, {card['steps']:,} "
+        f"steps of {card['batch_size']} | {logs.metrics(results, limit=2)} | "
+        f"{card['wall_time']} | `{card['command']}` |"
+    )
 
 
 def readme(card: dict, results: dict) -> str:

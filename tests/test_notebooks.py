@@ -72,4 +72,3 @@ def test_evaluate_notebook_opens_a_zoo_entry_by_default(full_mnist_scenes):
     assert printed["step"] == 8000 and 0.5 < printed["metrics"]["test/mAP"] <= 1
     assert "no training curves in" in _printed(notebook, "train/loss")
     assert _pictures(notebook) == 2  # The family's summary and the detections.
-

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import load_config, run_main, run_module
 
-from jvision import evaluate, train, zoo
+from jvision import evaluate, logs, train, zoo
 from jvision.errors import UserError
 from jvision.safety import reader
 
@@ -45,6 +45,22 @@ def test_every_entry_rescores_to_its_card(name, datasets):
         assert again[metric] == pytest.approx(value, rel=RESCORE_RTOL, abs=1e-12), metric
     results = json.loads((entry / "results.json").read_text())  # The whole split's numbers.
     assert results["step"] == card["steps"] and results["metrics"]
+
+
+def test_the_results_page_and_the_index_state_every_entry():
+    """docs/results.md's zoo table and zoo/README.md give each entry's whole-split numbers as its
+    results.json holds them (the full-split numbers on the cards equal the results page)."""
+    from helpers import ROOT
+
+    page = open(os.path.join(ROOT, "docs", "results.md")).read()
+    section = page.split("\n## The model zoo\n")[1].split("\n## ")[0]
+    index = (zoo.ROOT / "README.md").read_text()
+    for name in ENTRIES:
+        results = json.loads((zoo.ROOT / name / "results.json").read_text())["metrics"]
+        stated = logs.metrics(results, limit=2)
+        rows = [line for line in section.splitlines() if line.startswith(f"| [`{name}`]")]
+        assert len(rows) == 1 and stated in rows[0], (name, stated)
+        assert f"[`{name}`]({name}/README.md)" in index and stated in index, name
 
 
 def test_a_changed_byte_is_named(tmp_path):
