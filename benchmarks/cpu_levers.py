@@ -1,0 +1,152 @@
+"""What keeps the CPU's cores busy: jvision's train step under each of XLA's CPU settings.
+
+    python benchmarks/cpu_levers.py --configs=vae_mnist,ssd_mnist [--levers=baseline,...]
+        [--rounds=2] [--steps=10]
+
+Each lever is an environment a fresh process starts in (`LEVERS`: XLA flags, thread counts, two
+CPU devices that split the batch); every (config, lever) pair is timed in its own process, the
+levers taking turns within each round so that the host's drift spreads over all of them. A
+process compiles the config's step (`jvision_step.compile_step`), takes 3 warm-up steps, then
+`--steps` timed ones on one batch, and reports ms per step, its CPU time / wall time and other
+processes' CPU time on the same cores (`machine.ThreadMeter`), and a digest of the parameters
+after the steps: "same bits" says whether the lever computes what the baseline computes.
+
+Prints the machine, then a Markdown table: the median over rounds of ms/step (and min-max), the
+speed-up over the baseline, CPU/wall, the other processes' cores, and the bits. Run it alone.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name: (environment variables, XLA_FLAGS added, what it is).
+LEVERS = {
+    "baseline": ({}, "", "one CPU device, XLA's defaults"),
+    "two_devices": (
+        {},
+        "--xla_force_host_platform_device_count=2",
+        "two CPU devices: the batch split across them, each half's program on its own thread",
+    ),
+    "legacy_emitters": (
+        {},
+        "--xla_cpu_use_fusion_emitters=false",
+        "XLA:CPU's older loop emitters for fusions",
+    ),
+    "concurrency_scheduler": (
+        {},
+        "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+        "the scheduler that orders independent ops to run concurrently",
+    ),
+    "xnnpack": ({}, "--xla_cpu_use_xnnpack=true", "XNNPACK for dots and convolutions"),
+    "onednn": ({}, "--xla_cpu_use_onednn=true", "oneDNN for dots and convolutions"),
+    "threads_3": ({"PJRT_NPROC": "3"}, "", "an intra-op pool of 3 threads on 2 cores"),
+}
+
+
+def worker(config_name: str, steps: int) -> dict:
+    sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, HERE)
+    import jax
+    import numpy as np
+    from jvision_step import compile_step
+    from machine import ThreadMeter
+
+    from jvision import config_files
+
+    config = config_files.load(os.path.join(os.path.dirname(HERE), "configs", config_name + ".py"))
+    step = compile_step(config)
+    step.run(0, 3)
+    with ThreadMeter() as meter:
+        import time
+
+        start = time.perf_counter()
+        step.run(3, steps)
+        seconds = time.perf_counter() - start
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(step.state):
+        digest.update(np.asarray(leaf).tobytes())
+    return {
+        "ms": seconds / steps * 1e3,
+        "cpu_per_wall": meter.cpu_per_wall(),
+        "others_per_wall": meter.others_per_wall(),
+        "digest": digest.hexdigest()[:16],
+        "devices": jax.device_count(),
+        "compile_s": step.compile_s,
+    }
+
+
+def run_lever(config_name: str, lever: str, steps: int) -> dict:
+    variables, flags, _ = LEVERS[lever]
+    env = {**os.environ, **variables}
+    env.pop("JAX_PLATFORMS", None)
+    env["XLA_FLAGS"] = flags
+    command = [sys.executable, __file__, f"--worker={config_name}", f"--steps={steps}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="vae_mnist,ssd_mnist,patchvae_mnist")
+    parser.add_argument("--levers", default=",".join(LEVERS))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps)))
+        return
+    sys.path.insert(0, HERE)
+    from machine import cpu_info
+
+    configs, levers = args.configs.split(","), args.levers.split(",")
+    info = cpu_info()
+    print(
+        f"# CPU {info['cpu']} ({', '.join(info['cpu_flags'])}), {os.cpu_count()} logical CPUs; "
+        f"{args.rounds} rounds of {args.steps} steps",
+        flush=True,
+    )
+    runs = {(c, lever): [] for c in configs for lever in levers}
+    for _ in range(args.rounds):
+        for config_name in configs:
+            for lever in levers:
+                runs[config_name, lever].append(run_lever(config_name, lever, args.steps))
+                print(f"{config_name} {lever}: {runs[config_name, lever][-1]}", file=sys.stderr)
+    print("| config | lever | ms/step (min-max) | vs baseline | CPU/wall | others' cores | bits |")
+    print("|---|---|---|---|---|---|---|")
+    for config_name in configs:
+        base = [r for r in runs[config_name, "baseline"] if "ms" in r]
+        base_ms = statistics.median(r["ms"] for r in base) if base else None
+        for lever in levers:
+            good = [r for r in runs[config_name, lever] if "ms" in r]
+            if not good:
+                error = runs[config_name, lever][0]["error"]
+                print(f"| `{config_name}` | {lever} | failed: {error} | | | | |")
+                continue
+            ms = [r["ms"] for r in good]
+            median = statistics.median(ms)
+            ratio = f"{base_ms / median:.2f}×" if base_ms else "—"
+            same = "same" if base and good[0]["digest"] == base[0]["digest"] else "differ"
+            cpu = statistics.median(r["cpu_per_wall"] for r in good)
+            others = max(r["others_per_wall"] for r in good)
+            print(
+                f"| `{config_name}` | {lever} | {median:.1f} ({min(ms):.1f}-{max(ms):.1f}) | "
+                f"{ratio} | {cpu:.2f} | {others:.2f} | {same} |"
+            )
+    print()
+    for lever in levers:
+        variables, flags, what = LEVERS[lever]
+        setting = " ".join([*(f"{k}={v}" for k, v in variables.items()), flags]).strip()
+        print(f"- {lever}: {what}" + (f" (`{setting}`)" if setting else ""))
+
+
+if __name__ == "__main__":
+    main()
