@@ -3,6 +3,8 @@
     python benchmarks/cpu_levers.py --configs=vae_mnist,ssd_mnist [--levers=baseline,...]
         [--rounds=2] [--steps=10]
 
+A config is a file of configs/ by name, with its argument if any (`vae_mnist:tiny`).
+
 Each lever is an environment a fresh process starts in (`LEVERS`: XLA flags, thread counts, two
 CPU devices that split the batch); every (config, lever) pair is timed in its own process, the
 levers taking turns within each round so that the host's drift spreads over all of them. A
@@ -59,7 +61,9 @@ def worker(config_name: str, steps: int) -> dict:
 
     from jvision import config_files
 
-    config = config_files.load(os.path.join(os.path.dirname(HERE), "configs", config_name + ".py"))
+    name, colon, arg = config_name.partition(":")
+    path = os.path.join(os.path.dirname(HERE), "configs", name + ".py")
+    config = config_files.load(path + colon + arg)
     step = compile_step(config)
     step.run(0, 3)
     with ThreadMeter() as meter:
@@ -108,6 +112,9 @@ def main() -> None:
     from machine import cpu_info
 
     configs, levers = args.configs.split(","), args.levers.split(",")
+    unknown = [lever for lever in levers if lever not in LEVERS]
+    if unknown:
+        parser.error(f"no lever {', '.join(unknown)}; the levers: {', '.join(LEVERS)}")
     info = cpu_info()
     print(
         f"# CPU {info['cpu']} ({', '.join(info['cpu_flags'])}), {os.cpu_count()} logical CPUs; "
