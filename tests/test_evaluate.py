@@ -178,6 +178,28 @@ def test_the_scorer_refuses_pixels_and_warns_of_transposed_boxes(caplog):
     assert "different box conventions" in caplog.text
     with pytest.raises(ValueError, match="boxes are fractions of the image"):
         evaluate.score_detections(detections, {**truth, "boxes": truth["boxes"] * 32})
+    pixels = {**detections, "boxes": detections["boxes"] * 32}
+    with pytest.raises(ValueError, match="predictions boxes span"):
+        evaluate.score_detections(pixels, truth)
+
+
+def test_the_trainer_scores_its_own_boxes_wherever_they_lie():
+    """An untrained detector's boxes may lie far outside the image (decoded offsets are not
+    clipped): the trainer's evaluation scores them as misses instead of refusing them."""
+    from jvision.ops import detection_metrics
+
+    truth = {"boxes": np.array([[[0.1, 0.3, 0.9, 0.5]]]), "labels": np.array([[7]])}
+    wild = {
+        "boxes": np.array([[[-1.2, -0.5, 1.7, 0.4], [0.1, 0.3, 0.9, 0.5]]]),
+        "scores": np.array([[0.9, 0.8]]),
+        "labels": np.array([[7, 7]]),
+        "valid": np.array([[True, True]]),
+    }
+    scores = detection_metrics.score(wild, truth, check_convention=False)
+    # The wild box ranks first and misses; the exact one is found: precision 1/2 at recall 1.
+    assert scores["AP_7"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="predictions boxes span"):
+        detection_metrics.score(wild, truth)
 
 
 @pytest.mark.parametrize(

@@ -57,20 +57,23 @@ def score(
       ground_truth: `boxes` [N, M, 4] in the same convention and `labels` [N, M], -1 for padding.
       num_classes, iou_threshold: as the evaluator's (VOC07: a detection counts when it overlaps
         an unclaimed ground-truth box of its class by more than `iou_threshold`).
-      check_convention: also score the ground truth with x and y swapped, and warn when that
-        matches far better (the two sides disagree on the box convention).
+      check_convention: check what a caller's predictions may get wrong: valid predicted boxes
+        far outside [0, 1] raise (pixels rather than fractions of the image), and the ground
+        truth is also scored with x and y swapped, with a warning when that matches far better
+        (the two sides disagree on the box convention). Off for a model's own predictions in
+        the trainer: an untrained or diverging detector's boxes may lie anywhere.
     Raises:
-      ValueError: ground-truth boxes outside [0, 1], or valid predicted ones far outside it
-        (pixels rather than fractions of the image), or ground truth with min > max.
+      ValueError: ground-truth boxes outside [0, 1] or with min > max, or (check_convention)
+        valid predicted ones far outside [0, 1].
     """
     real = np.asarray(ground_truth["labels"]) >= 0
     valid = np.asarray(predictions["valid"], bool)
     # Ground truth lies in the image; predicted boxes may cross its border (the SSD's are not
     # clipped), but pixel coordinates fall far outside either range.
-    for name, boxes, (low, high) in (
-        ("ground_truth", np.asarray(ground_truth["boxes"])[real], (-0.01, 1.01)),
-        ("predictions", np.asarray(predictions["boxes"])[valid], (-1.0, 2.0)),
-    ):
+    ranges = [("ground_truth", np.asarray(ground_truth["boxes"])[real], (-0.01, 1.01))]
+    if check_convention:
+        ranges.append(("predictions", np.asarray(predictions["boxes"])[valid], (-1.0, 2.0)))
+    for name, boxes, (low, high) in ranges:
         if boxes.size and (boxes.min() < low or boxes.max() > high):
             raise ValueError(
                 f"{name} boxes span [{boxes.min():g}, {boxes.max():g}]: boxes are fractions of "
