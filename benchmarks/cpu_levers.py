@@ -12,6 +12,8 @@ process compiles the config's step (`jvision_step.compile_step`), takes 3 warm-u
 `--steps` timed ones on one batch, and reports ms per step, its CPU time / wall time and other
 processes' CPU time on the same cores (`machine.ThreadMeter`), and a digest of the parameters
 after the steps: "same bits" says whether the lever computes what the baseline computes.
+`baseline` is XLA's defaults (the option jvision sets, set to XLA's value), `jvision` what
+jvision runs with (`jvision/xla_cpu.py`); every other lever is the baseline and one change.
 
 Prints the machine, then a Markdown table: the median over rounds of ms/step (and min-max), the
 speed-up over the baseline, CPU/wall, the other processes' cores, and the bits. Run it alone.
@@ -27,27 +29,42 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# name: (environment variables, XLA_FLAGS added, what it is).
+# What XLA does when nothing is set (jvision, imported, adds its own settings unless the option
+# is set): YNNPACK convolutions.
+XLA_DEFAULTS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+
+# name: (environment variables, XLA_FLAGS, what it is). Every lever but `jvision` starts from
+# XLA's defaults.
 LEVERS = {
-    "baseline": ({}, "", "one CPU device, XLA's defaults"),
+    "baseline": ({}, XLA_DEFAULTS, "one CPU device, XLA's defaults"),
+    "jvision": (
+        {},
+        "",
+        "jvision's settings (jvision/xla_cpu.py): convolutions in XLA:CPU's Eigen kernels "
+        "instead of YNNPACK",
+    ),
     "two_devices": (
         {},
-        "--xla_force_host_platform_device_count=2",
+        XLA_DEFAULTS + " --xla_force_host_platform_device_count=2",
         "two CPU devices: the batch split across them, each half's program on its own thread",
     ),
     "legacy_emitters": (
         {},
-        "--xla_cpu_use_fusion_emitters=false",
+        XLA_DEFAULTS + " --xla_cpu_use_fusion_emitters=false",
         "XLA:CPU's older loop emitters for fusions",
     ),
     "concurrency_scheduler": (
         {},
-        "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+        XLA_DEFAULTS + " --xla_cpu_enable_concurrency_optimized_scheduler=true",
         "the scheduler that orders independent ops to run concurrently",
     ),
-    "xnnpack": ({}, "--xla_cpu_use_xnnpack=true", "XNNPACK for dots and convolutions"),
-    "onednn": ({}, "--xla_cpu_use_onednn=true", "oneDNN for dots and convolutions"),
-    "threads_3": ({"PJRT_NPROC": "3"}, "", "an intra-op pool of 3 threads on 2 cores"),
+    "xnnpack": (
+        {},
+        XLA_DEFAULTS + " --xla_cpu_use_xnnpack=true",
+        "XNNPACK for dots and convolutions",
+    ),
+    "onednn": ({}, XLA_DEFAULTS + " --xla_cpu_use_onednn=true", "oneDNN for dots and convolutions"),
+    "threads_3": ({"PJRT_NPROC": "3"}, XLA_DEFAULTS, "an intra-op pool of 3 threads on 2 cores"),
 }
 
 
@@ -151,6 +168,8 @@ def main() -> None:
     print()
     for lever in levers:
         variables, flags, what = LEVERS[lever]
+        if lever != "baseline":  # The baseline's setting is every other lever's too.
+            flags = flags.replace(XLA_DEFAULTS, "").strip()
         setting = " ".join([*(f"{k}={v}" for k, v in variables.items()), flags]).strip()
         print(f"- {lever}: {what}" + (f" (`{setting}`)" if setting else ""))
 

@@ -1,5 +1,6 @@
 """jvision: JAX/Flax generative and detection models for computer vision."""
 
+from jvision import xla_cpu as _xla_cpu
 from jvision.safety import stops as _stops
 
 __version__ = "0.1.0"
@@ -8,3 +9,5 @@ __version__ = "0.1.0"
 # the first instant, before the command's own imports (JAX, Orbax, ...) take seconds.
 if _stops.starting_command():
     _stops.stop_while_starting()
+
+_xla_cpu.apply()

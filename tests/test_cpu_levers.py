@@ -1,5 +1,6 @@
-"""benchmarks/cpu_levers.py end to end on a tiny config: each lever's process, its table row, and
-"same bits" telling a lever that computes the baseline's parameters from one that does not."""
+"""benchmarks/cpu_levers.py and conv_threads.py end to end on tiny inputs: each lever's process,
+its table row, and "same bits" telling a lever that computes the baseline's parameters from one
+that does not; each layer's row with both convolution settings."""
 
 import os
 import subprocess
@@ -51,3 +52,24 @@ def test_levers_table_on_the_tiny_vae():
     assert rows["two_devices"][-1] == "differ" and rows["concurrency_scheduler"][-1] == "same"
     for cells in rows.values():
         assert float(cells[0].split()[0]) > 0 and float(cells[2]) > 0
+
+
+def test_conv_threads_times_every_layer_under_both_settings():
+    """benchmarks/conv_threads.py: a row per layer and pass, each with both settings' times."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "conv_threads.py"), "--repeats=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert len(rows) == 12, done.stdout
+    for row in rows:
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert cells[2] in ("forward", "both gradients")
+        for timing in cells[3:]:
+            ms, cpu = timing.rstrip(")").split(" (")
+            assert float(ms) > 0 and float(cpu) > 0

@@ -7,7 +7,9 @@ A refactor must change no number: each run's `results.json` (metrics as written,
 by their exact bits) must be equal. The runs happen as the tests run them (8 simulated CPU
 devices), each in a fresh process, on this machine's CPU: float32 rounding differs between CPUs,
 so a recording is compared only on the machine that made it. Datasets that cannot be read offline
-(KITTI, CIFAR-100, ImageNet) run on TFDS's mocked data, as in the tests.
+(KITTI, CIFAR-100, ImageNet) run on TFDS's mocked data, as in the tests. `XLA_FLAGS` set in the
+environment are kept: `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
+compares with a recording made before jvision chose its XLA:CPU settings (`jvision/xla_cpu.py`).
 """
 
 import json
@@ -35,7 +37,9 @@ EXTRA = {  # Variants beside the config files: {name: (config, overrides, the ru
 
 def _environment(shared: str) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["TFDS_DATA_DIR"] = os.path.join(shared, "tfds")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
