@@ -16,10 +16,11 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SETTINGS = {  # name: XLA_FLAGS
-    "YNNPACK": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
-    "Eigen": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
-}
+sys.path.insert(0, os.path.dirname(HERE))
+
+from jvision import xla_cpu  # noqa: E402
+
+SETTINGS = {"YNNPACK": xla_cpu.XLA_DEFAULTS, "Eigen": xla_cpu.flags("")}  # name: XLA_FLAGS
 LAYERS = [  # (where, input NHWC, kernel HWIO, stride)
     ("VAE encoder", (64, 14, 14, 16), (3, 3, 16, 32), 1),
     ("VAE encoder", (64, 14, 14, 32), (3, 3, 32, 64), 2),

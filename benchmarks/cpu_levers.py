@@ -26,12 +26,14 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
 
 # What XLA does when nothing is set (jvision, imported, adds its own settings unless the option
 # is set): YNNPACK convolutions.
-XLA_DEFAULTS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+from jvision.xla_cpu import XLA_DEFAULTS  # noqa: E402
 
 # name: (environment variables, XLA_FLAGS, what it is). Every lever but `jvision` starts from
 # XLA's defaults.
@@ -69,7 +71,6 @@ LEVERS = {
 
 
 def worker(config_name: str, steps: int) -> dict:
-    sys.path.insert(0, os.path.dirname(HERE))
     sys.path.insert(0, HERE)
     import jax
     import numpy as np
@@ -84,8 +85,6 @@ def worker(config_name: str, steps: int) -> dict:
     step = compile_step(config)
     step.run(0, 3)
     with ThreadMeter() as meter:
-        import time
-
         start = time.perf_counter()
         step.run(3, steps)
         seconds = time.perf_counter() - start

@@ -9,9 +9,9 @@ results are the same computation rounded differently.
 XLA reads `XLA_FLAGS` when JAX makes its first computation: importing jvision before that (as
 every `python -m jvision.…` command does) is enough; after it, the settings are left out. A
 setting already in `XLA_FLAGS` is the user's choice and kept: XLA's own convolutions are
-`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`. XLA ends a process
-whose `XLA_FLAGS` name an option it lacks, and experimental options come and go: the settings are
-applied with the jaxlib releases they were measured on (`JAXLIB`) only.
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution` (`XLA_DEFAULTS`).
+XLA ends a process whose `XLA_FLAGS` name an option it lacks, and experimental options come and
+go: the settings are applied with the jaxlib releases they were measured on (`JAXLIB`) only.
 """
 
 import importlib.metadata
@@ -21,6 +21,8 @@ import sys
 # option: value. Only XLA:CPU reads them; GPU and TPU compilations ignore them.
 SETTINGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 JAXLIB = ("0.10.2",)
+# The same option set to what XLA does unasked (YNNPACK's convolutions): to compare against.
+XLA_DEFAULTS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
 
 
 def flags(current: str) -> str:

@@ -9,37 +9,19 @@ import sys
 from helpers import ROOT
 
 
-def test_levers_table_on_the_tiny_vae():
+def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """The benchmark as a user runs it: its own process, XLA_FLAGS unset."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "benchmarks", "cpu_levers.py"),
-            "--configs=vae_mnist:tiny",
-            "--levers=baseline,two_devices,concurrency_scheduler,no_such_lever",
-            "--rounds=1",
-            "--steps=2",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", script), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_levers_table_on_the_tiny_vae():
+    tiny = ("--configs=vae_mnist:tiny", "--rounds=1", "--steps=2")
+    levers = "baseline,two_devices,concurrency_scheduler"
+    done = _benchmark("cpu_levers.py", *tiny, f"--levers={levers},no_such_lever")
     assert done.returncode == 2 and "no_such_lever" in done.stderr, done.stderr[-2000:]
-    done = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "benchmarks", "cpu_levers.py"),
-            "--configs=vae_mnist:tiny",
-            "--levers=baseline,two_devices,concurrency_scheduler",
-            "--rounds=1",
-            "--steps=2",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _benchmark("cpu_levers.py", *tiny, f"--levers={levers}")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {
         line.split("|")[2].strip(): [cell.strip() for cell in line.split("|")[3:-1]]
@@ -56,14 +38,7 @@ def test_levers_table_on_the_tiny_vae():
 
 def test_conv_threads_times_every_layer_under_both_settings():
     """benchmarks/conv_threads.py: a row per layer and pass, each with both settings' times."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "conv_threads.py"), "--repeats=1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _benchmark("conv_threads.py", "--repeats=1")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
     assert len(rows) == 12, done.stdout

@@ -30,7 +30,7 @@ def test_flags_adds_only_what_is_not_set():
     assert xla_cpu.flags("") == f"{OPTION}=-individual_convolution"
     devices = "--xla_force_host_platform_device_count=8"
     assert xla_cpu.flags(f" {devices} ") == f"{devices} {OPTION}=-individual_convolution"
-    mine = f"{devices} {OPTION}=+individual_convolution"
+    mine = f"{devices} {xla_cpu.XLA_DEFAULTS}"
     assert xla_cpu.flags(mine) == mine
 
 
@@ -47,7 +47,7 @@ def test_the_convolution_compiles_as_the_settings_say():
     assert _run("import jvision" + CONVOLUTION, "") == ["False"]  # Eigen's convolution.
     if _run(CONVOLUTION, "") == ["False"]:  # XLA's own choice, without jvision.
         pytest.skip("XLA:CPU gives this convolution to Eigen on this CPU without being asked")
-    assert _run("import jvision" + CONVOLUTION, f"{OPTION}=+individual_convolution") == ["True"]
+    assert _run("import jvision" + CONVOLUTION, xla_cpu.XLA_DEFAULTS) == ["True"]
 
 
 def test_after_a_computation_the_flags_are_left_alone():

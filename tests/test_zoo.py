@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import load_config, run_main, run_module
+from helpers import ROOT, load_config, run_main, run_module
 
 from jvision import evaluate, logs, train, zoo
 from jvision.errors import UserError
@@ -50,8 +50,6 @@ def test_every_entry_rescores_to_its_card(name, datasets):
 def test_the_results_page_and_the_index_state_every_entry():
     """docs/results.md's zoo table and zoo/README.md give each entry's whole-split numbers as its
     results.json holds them (the full-split numbers on the cards equal the results page)."""
-    from helpers import ROOT
-
     page = open(os.path.join(ROOT, "docs", "results.md")).read()
     section = page.split("\n## The model zoo\n")[1].split("\n## ")[0]
     index = (zoo.ROOT / "README.md").read_text()
