@@ -43,6 +43,22 @@ def run_module(module: str, *args: str, timeout: int = 300, env: dict | None = N
     )
 
 
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/SCRIPT ARGS` as a user runs it: from the repository root, in its own
+    process, XLA_FLAGS unset."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    command = [sys.executable, os.path.join("benchmarks", script), *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every body row of the Markdown tables in `text` (headers and rules left out)."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    rules = {i for i, line in enumerate(lines) if line.startswith("|---")}
+    body = [line for i, line in enumerate(lines) if i not in rules and i + 1 not in rules]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in body]
+
+
 def run_main(*args: str, timeout: int = 300, env: dict | None = None):
     """`python -m jvision.main ARGS` from the repository root, output captured."""
     return run_module("jvision.main", *args, timeout=timeout, env=env)

@@ -1,27 +1,17 @@
-"""benchmarks/cpu_levers.py and conv_threads.py end to end on tiny inputs: each lever's process,
-its table row, and "same bits" telling a lever that computes the baseline's parameters from one
-that does not; each layer's row with both convolution settings."""
+"""benchmarks/cpu_levers.py, conv_threads.py and profile_step.py end to end on tiny inputs: each
+lever's process, its table row, and "same bits" telling a lever that computes the baseline's
+parameters from one that does not; each layer's row with both convolution settings; a step's
+traced ops."""
 
-import os
-import subprocess
-import sys
-
-from helpers import ROOT
-
-
-def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
-    """The benchmark as a user runs it: its own process, XLA_FLAGS unset."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", script), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+from helpers import run_benchmark, table_rows
 
 
 def test_levers_table_on_the_tiny_vae():
     tiny = ("--configs=vae_mnist:tiny", "--rounds=1", "--steps=2")
     levers = "baseline,two_devices,concurrency_scheduler"
-    done = _benchmark("cpu_levers.py", *tiny, f"--levers={levers},no_such_lever")
+    done = run_benchmark("cpu_levers.py", *tiny, f"--levers={levers},no_such_lever")
     assert done.returncode == 2 and "no_such_lever" in done.stderr, done.stderr[-2000:]
-    done = _benchmark("cpu_levers.py", *tiny, f"--levers={levers}")
+    done = run_benchmark("cpu_levers.py", *tiny, f"--levers={levers}")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {
         line.split("|")[2].strip(): [cell.strip() for cell in line.split("|")[3:-1]]
@@ -38,13 +28,26 @@ def test_levers_table_on_the_tiny_vae():
 
 def test_conv_threads_times_every_layer_under_both_settings():
     """benchmarks/conv_threads.py: a row per layer and pass, each with both settings' times."""
-    done = _benchmark("conv_threads.py", "--repeats=1")
+    done = run_benchmark("conv_threads.py", "--repeats=1")
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    rows = table_rows(done.stdout)
     assert len(rows) == 12, done.stdout
-    for row in rows:
-        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    for cells in rows:
         assert cells[2] in ("forward", "both gradients")
         for timing in cells[3:]:
             ms, cpu = timing.rstrip(")").split(" (")
             assert float(ms) > 0 and float(cpu) > 0
+
+
+def test_profile_step_lists_the_steps_ops_with_their_source(tmp_path):
+    """benchmarks/profile_step.py: the step's time, the trace left where asked, and a row per op
+    with its traced time, output shape and the JAX operation it came from."""
+    args = ("--config=configs/vae_mnist.py:tiny", "--steps=2", "--top=8", f"--trace_dir={tmp_path}")
+    done = run_benchmark("profile_step.py", *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ms per step untraced" in done.stdout and str(tmp_path) in done.stdout
+    rows = table_rows(done.stdout)
+    assert len(rows) == 8, done.stdout
+    assert all(float(cells[1]) >= 0 for cells in rows)
+    assert any(cells[3].startswith("jit(train_step)") for cells in rows), done.stdout
+    assert list((tmp_path / "plugins" / "profile").glob("*/*.trace.json.gz"))

@@ -54,15 +54,6 @@ def test_network_outputs_one_row_per_prior():
     assert offsets.shape == (3, 2124, 4) and logits.shape == (3, 2124, 11)
 
 
-def test_max_pool_and_its_gradient_match_numpy():
-    x = np.random.default_rng(0).normal(size=(2, 4, 6, 3)).astype(np.float32)
-    expected = x.reshape(2, 2, 2, 3, 2, 3).max(axis=(2, 4))
-    np.testing.assert_array_equal(ssd.max_pool(jnp.asarray(x)), expected)
-    grad = jax.grad(lambda v: ssd.max_pool(v).sum())(jnp.asarray(x))
-    # Distinct values: each window's maximum alone gets the gradient.
-    np.testing.assert_array_equal(grad, x == np.repeat(np.repeat(expected, 2, 1), 2, 2))
-
-
 def test_stride_two_convs_are_centred_like_pytorch_padding_one():
     layer = ssd.conv(1, 1, 3, nnx.Rngs(0), stride=2)
     layer.kernel[...] = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)  # Picks the centre pixel.

@@ -3,6 +3,9 @@
     python tests/tiny_results.py record BEFORE.json     # on the code before the change
     python tests/tiny_results.py compare BEFORE.json    # on the code after it, same machine
 
+Either takes run names after the file (`record BEFORE.json ssd_mnist transfer_mnist_pretrained`)
+to do only those runs, and the runs they start from; `compare` compares only what it ran.
+
 A refactor must change no number: each run's `results.json` (metrics as written, floats compared
 by their exact bits) must be equal. The runs happen as the tests run them (8 simulated CPU
 devices), each in a fresh process, on this machine's CPU: float32 rounding differs between CPUs,
@@ -66,17 +69,23 @@ def _run_mocked(name: str, workdir: str, init_from: str | None, data_dir: str) -
         train.train_and_evaluate(config, workdir)
 
 
-def runs() -> dict[str, tuple[str, list[str], str | None]]:
+def runs(only: list[str]) -> dict[str, tuple[str, list[str], str | None]]:
+    """{name: (config, overrides, the run it starts from)}: every run, or those named in `only`
+    and the runs they start from (first)."""
     names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
     every = {name: (name, [], FROM.get(name)) for name in names}
     every.update(EXTRA)
-    return every
+    unknown = sorted(set(only) - every.keys())
+    if unknown:
+        raise SystemExit(f"no tiny run {', '.join(unknown)}; the runs: {', '.join(every)}")
+    wanted = set(only) | {every[name][2] for name in only} - {None}
+    return {name: run for name, run in every.items() if not only or name in wanted}
 
 
-def record(shared: str) -> dict[str, dict]:
+def record(shared: str, only: list[str]) -> dict[str, dict]:
     env = _environment(shared)
     recorded = {}
-    for name, (config, overrides, parent) in runs().items():
+    for name, (config, overrides, parent) in runs(only).items():
         workdir = os.path.join(shared, name)
         init = [f"--config.init_from.workdir={os.path.join(shared, parent)}"] if parent else []
         if config in MOCKED:
@@ -110,16 +119,16 @@ def main(argv: list[str]) -> None:
             name, workdir, init_from or None, os.path.join(os.path.dirname(workdir), "mock")
         )
         return
-    if len(argv) != 3 or argv[1] not in ("record", "compare"):
+    if len(argv) < 3 or argv[1] not in ("record", "compare"):
         raise SystemExit(__doc__)
     with tempfile.TemporaryDirectory() as shared:
-        recorded = record(shared)
+        recorded = record(shared, argv[3:])
     if argv[1] == "record":
         with open(argv[2], "w") as file:
             json.dump(recorded, file, indent=1, sort_keys=True)
         return
     with open(argv[2]) as file:
-        before = json.load(file)
+        before = {name: r for name, r in json.load(file).items() if name in recorded}
     changed = sorted(
         name for name in before.keys() | recorded.keys() if before.get(name) != recorded.get(name)
     )

@@ -4,8 +4,8 @@ Its priors are jvision's own (`jvision.ops.boxes.ssd_priors`): a constant input,
 Same network (conv-BatchNorm-ReLU base and auxiliary stages, instance-normed heads with the box
 and class convs fused into one), the same (ymin, xmin, ymax, xmax) box frame and prior order, and
 the same MultiBoxLoss. Hard negatives are mined over the whole batch with a sort (jvision bisects
-for the threshold instead: the same sum). Max-pooling is F.max_pool2d (jvision takes elementwise
-maxima of the four corners: the same values; only exact ties share the gradient there).
+for the threshold instead: the same sum). Max-pooling is F.max_pool2d: on exact ties both give
+the gradient to the window's first maximum (`jvision.ops.pooling`).
 
 The tutorial's own module names its layers by position in module lists and has two convs per head
 (a box conv Conv3x3(C, n·4) and a class conv Conv3x3(C, n·11), each after InstanceNorm2d), and

@@ -12,6 +12,7 @@ import jax
 from flax import nnx
 
 from jvision.errors import UserError
+from jvision.ops import pooling
 
 SCALES = (4, 8, 16, 32)
 
@@ -78,7 +79,7 @@ class ResNetTrunk(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.bn1(self.conv1(x)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = pooling.max_pool(x, window=3, stride=2, padding=1)
         for layer in self.layers:
             for block in layer:
                 x = block(x)

@@ -31,7 +31,7 @@ from flax import nnx
 
 from jvision import summaries
 from jvision.ops import boxes as box_ops
-from jvision.ops import precision
+from jvision.ops import pooling, precision
 
 NUM_DIGITS = 10
 BACKGROUND = NUM_DIGITS  # Class index of "no object".
@@ -60,21 +60,6 @@ class ConvBNReLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.nn.relu(self.norm(self.conv(x)))
-
-
-def max_pool(x: jax.Array) -> jax.Array:
-    """2×2 max-pooling, stride 2, of even-sized maps, as elementwise maxima of the four corners.
-
-    XLA:CPU expands the gradient of a windowed max into iotas and a scatter that cost more than
-    the convolutions around it; the gradient of elementwise maxima is one elementwise pass. (Exact
-    ties share the gradient instead of one taking it all; after a ReLU they are zeros, whose
-    gradient the ReLU stops anyway.)
-    """
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    top = jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1])
-    bottom = jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1])
-    return jnp.maximum(top, bottom)
 
 
 def instance_norm(x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
@@ -157,7 +142,7 @@ class SSD(nnx.Module):
         maps = []
         for index, stage in enumerate(self.base):
             if index:
-                x = max_pool(x)
+                x = pooling.max_pool(x, window=2, stride=2, padding=0)
             for layer in stage:
                 x = layer(x)
             maps.append(x)

@@ -1,0 +1,99 @@
+"""ops.pooling.max_pool against a NumPy loop over windows, and against `lax.reduce_window`'s
+gradient, in float64 on inputs full of ties (small integers), so every comparison is exact."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import float64, run_benchmark, table_rows
+from jax import lax
+
+from jvision.ops import pooling
+
+# (height, width, window, stride, padding): the ResNet stem's pool, SSD-like 2×2, odd sizes,
+# overlapping stride-1 windows, disjoint stride-3 windows.
+GEOMETRIES = [(14, 14, 3, 2, 1), (8, 8, 2, 2, 0), (7, 9, 3, 2, 1), (6, 5, 3, 1, 1), (9, 9, 3, 3, 0)]
+
+
+def numpy_pool(x, grad, window, stride, padding):
+    """Forward and gradient, one window at a time: each output's gradient goes to the first
+    position of its window (row-major) that holds the window's maximum."""
+    batch, height, width, channels = x.shape
+    padded = np.pad(x, ((0, 0), (padding,) * 2, (padding,) * 2, (0, 0)), constant_values=-np.inf)
+    out_h = (height + 2 * padding - window) // stride + 1
+    out_w = (width + 2 * padding - window) // stride + 1
+    pooled = np.zeros((batch, out_h, out_w, channels))
+    dpadded = np.zeros_like(padded)
+    for b in range(batch):
+        for row in range(out_h):
+            for col in range(out_w):
+                for c in range(channels):
+                    top, left = row * stride, col * stride
+                    cells = padded[b, top : top + window, left : left + window, c]
+                    i, j = np.unravel_index(np.argmax(cells), cells.shape)  # First maximum.
+                    pooled[b, row, col, c] = cells[i, j]
+                    dpadded[b, top + i, left + j, c] += grad[b, row, col, c]
+    return pooled, dpadded[:, padding : padding + height, padding : padding + width]
+
+
+@pytest.mark.parametrize("height, width, window, stride, padding", GEOMETRIES)
+def test_max_pool_matches_numpy_and_reduce_window(height, width, window, stride, padding):
+    rng = np.random.default_rng(height * 100 + width)
+    x = rng.integers(-2, 3, (2, height, width, 3)).astype(np.float64)
+    out_h = (height + 2 * padding - window) // stride + 1
+    out_w = (width + 2 * padding - window) // stride + 1
+    grad = rng.integers(1, 5, (2, out_h, out_w, 3)).astype(np.float64)
+    expected = numpy_pool(x, grad, window, stride, padding)
+
+    def vjp(pool, x, grad):
+        pooled, back = jax.vjp(pool, x)
+        return pooled, back(grad)[0]
+
+    def ours(x, grad):
+        return vjp(lambda x: pooling.max_pool(x, window, stride, padding), x, grad)
+
+    def reduce_window(x, grad):
+        pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        dims, strides = (1, window, window, 1), (1, stride, stride, 1)
+        return vjp(lambda x: lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads), x, grad)
+
+    for pool in (ours, reduce_window):
+        with float64():
+            pooled, dx = (np.asarray(a) for a in pool(x, grad))
+        np.testing.assert_array_equal(pooled, expected[0])
+        np.testing.assert_array_equal(dx, expected[1])
+
+
+def test_max_pool_under_jit_keeps_dtype_and_shape():
+    x = jnp.ones((2, 14, 14, 4), jnp.float32)
+    pooled = jax.jit(lambda x: pooling.max_pool(x, 3, 2, 1))(x)
+    assert pooled.shape == (2, 7, 7, 4) and pooled.dtype == jnp.float32
+    grad = jax.grad(lambda x: pooling.max_pool(x, 3, 2, 1).sum())(x)
+    assert grad.dtype == jnp.float32 and float(grad.sum()) == 2 * 7 * 7 * 4
+
+
+def test_pooling_benchmark_times_every_pool_and_finds_the_same_bits():
+    """benchmarks/pooling.py: a row per pool and pass, both times, and the same bits as XLA's where
+    the windows are disjoint (no input's gradient is a sum; overlapping windows may sum theirs in
+    another order)."""
+    done = run_benchmark("pooling.py", "--repeats=1", "--rounds=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = table_rows(done.stdout)
+    assert len(rows) == 6, done.stdout
+    for cells in rows:
+        assert cells[2] in ("forward", "with gradient")
+        assert float(cells[3]) > 0 and float(cells[4]) > 0
+        disjoint = cells[1].endswith(", 2, 2, 0")
+        assert cells[6] == "yes" if disjoint else cells[6] in ("yes", "no"), cells
+
+
+@pytest.mark.parametrize("height, width, window, stride, padding", GEOMETRIES)
+def test_ties_route_the_gradient_as_pytorch_max_pool2d(height, width, window, stride, padding):
+    """On exact ties (a constant map, as a uniform background gives) the gradient goes where
+    PyTorch's F.max_pool2d sends it, the models' originals."""
+    torch = pytest.importorskip("torch")
+    x = np.full((1, height, width, 2), 0.5, np.float32)
+    grad = jax.grad(lambda v: pooling.max_pool(v, window, stride, padding).sum())(jnp.asarray(x))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    torch.nn.functional.max_pool2d(tx, window, stride, padding).sum().backward()
+    np.testing.assert_array_equal(np.asarray(grad), tx.grad.numpy().transpose(0, 2, 3, 1))
