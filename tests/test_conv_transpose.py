@@ -28,6 +28,9 @@ CASES = [  # (batch, size, cin, cout, kernel, stride, padding): the shapes the m
     (2, 5, 3, 2, 3, 1, ((2, 2), (2, 2))),  # The encoding detector's decoder ...
     (2, 6, 3, 2, 3, 2, ((2, 3), (2, 3))),  # ... with PyTorch's output_padding.
     (2, 4, 3, 2, 3, 2, "SAME"),
+    (2, 5, 3, 2, 3, 3, "VALID"),  # Beyond the models: a stride above the kernel's reach, ...
+    (2, 4, 2, 3, 5, 2, ((0, 0), (0, 0))),  # ... no padding (every tap cropped), ...
+    (2, 3, 2, 2, 2, 3, "SAME"),  # ... a kernel smaller than the stride.
 ]
 
 

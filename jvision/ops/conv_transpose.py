@@ -65,16 +65,22 @@ def _conv_transpose_bwd(strides, padding, residuals, g):
             strict=True,
         )
     ]
-    # Zero margins, so that every tap's slice lies inside: (out of range = no contribution).
-    margin = max(kh, kw) + max(pads)
-    padded = jnp.pad(
-        g, ((0, 0), (margin, margin + sy * height), (margin, margin + sx * width), (0, 0))
-    )
+    # Tap (ty, tx) reads g at rows pads[0] - ty + sy·i (i < height), columns likewise: zero
+    # margins just wide enough that every tap's slice lies inside (out of range = no contribution).
+    reach = [
+        (max(0, k - 1 - p), max(0, p + s * (n - 1) - (size - 1)))
+        for k, p, s, n, size in zip(
+            (kh, kw), pads, (sy, sx), (height, width), g.shape[1:3], strict=True
+        )
+    ]
+    padded = jnp.pad(g, ((0, 0), *reach, (0, 0)))
     taps = []
     for ty in range(kh):
         for tx in range(kw):
-            top, left = margin + pads[0] - ty, margin + pads[1] - tx
-            window = padded[:, top : top + sy * height : sy, left : left + sx * width : sx]
+            top, left = reach[0][0] + pads[0] - ty, reach[1][0] + pads[1] - tx
+            window = padded[
+                :, top : top + sy * (height - 1) + 1 : sy, left : left + sx * (width - 1) + 1 : sx
+            ]
             taps.append(jnp.einsum("bijc,bijo->co", x, window))
     dkernel = jnp.stack(taps).reshape(kh, kw, *taps[0].shape)
     return dx, dkernel.astype(kernel.dtype)
