@@ -71,7 +71,7 @@ def _run_mocked(name: str, workdir: str, init_from: str | None, data_dir: str) -
 
 def runs(only: list[str]) -> dict[str, tuple[str, list[str], str | None]]:
     """{name: (config, overrides, the run it starts from)}: every run, or those named in `only`
-    and the runs they start from (first)."""
+    and the runs they start from."""
     names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
     every = {name: (name, [], FROM.get(name)) for name in names}
     every.update(EXTRA)
@@ -128,7 +128,9 @@ def main(argv: list[str]) -> None:
             json.dump(recorded, file, indent=1, sort_keys=True)
         return
     with open(argv[2]) as file:
-        before = {name: r for name, r in json.load(file).items() if name in recorded}
+        before = json.load(file)
+    if argv[3:]:  # Only the runs asked for (and their parents) were run.
+        before = {name: result for name, result in before.items() if name in recorded}
     changed = sorted(
         name for name in before.keys() | recorded.keys() if before.get(name) != recorded.get(name)
     )

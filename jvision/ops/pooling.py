@@ -2,11 +2,11 @@
 
 XLA:CPU expands the gradient of `lax.reduce_window`'s max (a select-and-scatter) into four
 full-size iotas, a variadic reduce-window that tracks each window's argmax, and a scatter: for the
-ResNet stem's 3×3 stride-2 pool (PatchVAE, the transfer classifier) and the SSD's 2×2 pools that
-costs more than the convolutions around them. Here the pool is
-the maximum of its window's strided views of the padded input, and the gradient walks the same
-views: each output's gradient goes to the first position of its window, in row-major order,
-that holds the maximum (the position `lax.reduce_window`'s gradient picks), and a view's share is
+ResNet stem's 3×3 stride-2 pool (PatchVAE, the transfer classifier) and the SSD's 2×2 pools, that
+costs more than the convolutions around them. Here the pool is the maximum of its window's
+strided views of the padded input, and the gradient walks the same views: each output's gradient
+goes to the first position of its window, in row-major order, that holds the maximum (the
+position `lax.reduce_window`'s gradient and PyTorch's `F.max_pool2d` pick), and a view's share is
 put back in place with an interior-padded `lax.pad` (the transpose of a strided slice). Values
 and routing equal `lax.reduce_window`'s (tests/test_pooling.py); where windows overlap, a position
 that is the maximum of three or four windows sums their gradients in another order.
