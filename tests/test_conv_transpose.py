@@ -4,10 +4,10 @@ Both sides compute in float64 (`helpers.float64`), so that the bound follows fro
 rounding and not from one CPU's float32 kernels. A value or gradient entry is a sum of at most
 n = 147 products (the kernel gradient of the first case sums B·H·W = 3·7·7, the input gradient of
 the second k·k·Cout = 7·7·3). Two orders of the same sum differ by at most 2·n·u·Σ|products|,
-u = 2⁻⁵³ ≈ 1.1e-16, and for these standard-normal inputs Σ|products| ≤ 4.4× the largest entry of
-the result: ≤ 1.5e-13 of max|result| in the worst case, ~1e-16 in practice. RTOL = 1e-12 of
-max|result|; a wrong tap, a transposed or flipped kernel or a missing stride changes entries by
-O(max|result|).
+u = 2⁻⁵³ ≈ 1.1e-16, and for the models' standard-normal cases Σ|products| ≤ 4.4× the largest
+entry of the result: ≤ 1.5e-13 of max|result| in the worst case, ~1e-16 in practice. RTOL = 1e-12
+of max|result| holds while Σ|products| stays under 30× the largest entry; a wrong tap, a
+transposed or flipped kernel or a missing stride changes entries by O(max|result|).
 """
 
 import jax

@@ -48,6 +48,6 @@ def test_profile_step_lists_the_steps_ops_with_their_source(tmp_path):
     assert "ms per step untraced" in done.stdout and str(tmp_path) in done.stdout
     rows = table_rows(done.stdout)
     assert len(rows) == 8, done.stdout
-    assert all(float(cells[1]) >= 0 for cells in rows)
+    assert float(rows[0][1]) > 0  # The longest op took time.
     assert any(cells[3].startswith("jit(train_step)") for cells in rows), done.stdout
     assert list((tmp_path / "plugins" / "profile").glob("*/*.trace.json.gz"))

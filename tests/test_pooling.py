@@ -11,8 +11,15 @@ from jax import lax
 from jvision.ops import pooling
 
 # (height, width, window, stride, padding): the ResNet stem's pool, SSD-like 2×2, odd sizes,
-# overlapping stride-1 windows, disjoint stride-3 windows.
-GEOMETRIES = [(14, 14, 3, 2, 1), (8, 8, 2, 2, 0), (7, 9, 3, 2, 1), (6, 5, 3, 1, 1), (9, 9, 3, 3, 0)]
+# overlapping stride-1 windows, adjacent stride-3 windows, gaps between windows.
+GEOMETRIES = [
+    (14, 14, 3, 2, 1),
+    (8, 8, 2, 2, 0),
+    (7, 9, 3, 2, 1),
+    (6, 5, 3, 1, 1),
+    (9, 9, 3, 3, 0),
+    (10, 10, 2, 3, 0),
+]
 
 
 def numpy_pool(x, grad, window, stride, padding):
@@ -64,12 +71,37 @@ def test_max_pool_matches_numpy_and_reduce_window(height, width, window, stride,
         np.testing.assert_array_equal(dx, expected[1])
 
 
-def test_max_pool_under_jit_keeps_dtype_and_shape():
-    x = jnp.ones((2, 14, 14, 4), jnp.float32)
-    pooled = jax.jit(lambda x: pooling.max_pool(x, 3, 2, 1))(x)
-    assert pooled.shape == (2, 7, 7, 4) and pooled.dtype == jnp.float32
-    grad = jax.grad(lambda x: pooling.max_pool(x, 3, 2, 1).sum())(x)
-    assert grad.dtype == jnp.float32 and float(grad.sum()) == 2 * 7 * 7 * 4
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_under_jit_keeps_dtype_and_routes_as_reduce_window(dtype):
+    """Under jit, in the compute dtypes: maxima and selects do not round and the gradients are
+    sums of ones, so values and gradients equal `lax.reduce_window`'s exactly."""
+    x = jnp.asarray(np.random.default_rng(0).integers(-3, 4, (2, 14, 14, 4)), dtype)
+
+    def grad(pool):
+        return jax.jit(jax.value_and_grad(lambda v: pool(v).astype(jnp.float32).sum()))(x)
+
+    dims, strides, pads = (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    theirs = grad(lambda v: lax.reduce_window(v, -jnp.inf, lax.max, dims, strides, pads))
+    ours = grad(lambda v: pooling.max_pool(v, 3, 2, 1))
+    assert ours[1].dtype == dtype and pooling.max_pool(x, 3, 2, 1).shape == (2, 7, 7, 4)
+    np.testing.assert_array_equal(np.float32(ours[0]), np.float32(theirs[0]))
+    np.testing.assert_array_equal(np.float32(ours[1]), np.float32(theirs[1]))
+
+
+def test_nan_takes_its_windows_gradient_as_in_pytorch():
+    torch = pytest.importorskip("torch")
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(1, 4, 4, 2)
+    x[0, 1, 2, 0] = x[0, 3, 3, 1] = np.nan
+    grad = jax.grad(lambda v: jnp.nansum(pooling.max_pool(v, 2, 2, 0)))(jnp.asarray(x))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    torch.nn.functional.max_pool2d(tx, 2, 2).nansum().backward()
+    np.testing.assert_array_equal(np.asarray(grad), tx.grad.numpy().transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("size, window, stride, padding", [(1, 2, 2, 0), (4, 3, 2, 2)])
+def test_geometries_that_leave_a_window_empty_are_refused(size, window, stride, padding):
+    with pytest.raises(ValueError, match="max_pool"):
+        pooling.max_pool(jnp.zeros((1, size, size, 1)), window, stride, padding)
 
 
 def test_pooling_benchmark_times_every_pool_and_finds_the_same_bits():

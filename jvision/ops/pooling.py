@@ -9,7 +9,9 @@ goes to the first position of its window, in row-major order, that holds the max
 position `lax.reduce_window`'s gradient and PyTorch's `F.max_pool2d` pick), and a view's share is
 put back in place with an interior-padded `lax.pad` (the transpose of a strided slice). Values
 and routing equal `lax.reduce_window`'s (tests/test_pooling.py); where windows overlap, a position
-that is the maximum of three or four windows sums their gradients in another order.
+that is the maximum of three or four windows sums their gradients in another order. A window whose
+maximum is NaN gives its gradient to its first NaN, as PyTorch does. Reverse mode only (a
+`custom_vjp`): `jax.jvp` and `jax.jacfwd` do not go through it.
 """
 
 import functools
@@ -20,7 +22,12 @@ from jax import lax
 
 
 def _output_size(size: int, window: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - window) // stride + 1
+    if padding > window // 2:  # PyTorch's rule: otherwise a window can hold only padding.
+        raise ValueError(f"max_pool: padding {padding} above half the window {window}")
+    out = (size + 2 * padding - window) // stride + 1
+    if out < 1:
+        raise ValueError(f"max_pool: a {window}-wide window does not fit {size} + 2·{padding}")
+    return out
 
 
 def _views(padded: jax.Array, window: int, stride: int, out_h: int, out_w: int):
@@ -40,8 +47,8 @@ def _pad(x: jax.Array, padding: int) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
     """Max over `window`×`window` windows of [B, H, W, C] maps, `stride` apart, the maps padded
-    by `padding` on each side (the padding never wins). Equal to `lax.reduce_window` with
-    `lax.max`, gradient included."""
+    by `padding` ≤ window // 2 on each side (the padding never wins). Equal to
+    `lax.reduce_window` with `lax.max`, gradient included."""
     return _forward(x, window, stride, padding)[0]
 
 
@@ -60,7 +67,7 @@ def _backward(window, stride, padding, residuals, grad):
     total = jnp.zeros_like(padded)
     taken = jnp.zeros(pooled.shape, bool)
     for i, j, view in _views(padded, window, stride, out_h, out_w):
-        hit = (view == pooled) & ~taken
+        hit = ((view == pooled) | (jnp.isnan(view) & jnp.isnan(pooled))) & ~taken
         taken = taken | hit
         share = jnp.where(hit, grad, jnp.zeros_like(grad))
         last_h = i + stride * (out_h - 1)
