@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import float64, run_benchmark, table_rows
-from jax import lax
+from helpers import benchmark, float64, run_benchmark, table_rows
 
 from jvision.ops import pooling
+
+reduce_window = benchmark("pooling").reduce_window  # lax.reduce_window's max: the reference.
 
 # (height, width, window, stride, padding): the ResNet stem's pool, SSD-like 2×2, odd sizes,
 # overlapping stride-1 windows, adjacent stride-3 windows, gaps between windows.
@@ -22,13 +23,17 @@ GEOMETRIES = [
 ]
 
 
+def output_size(size, window, stride, padding):
+    return (size + 2 * padding - window) // stride + 1
+
+
 def numpy_pool(x, grad, window, stride, padding):
     """Forward and gradient, one window at a time: each output's gradient goes to the first
     position of its window (row-major) that holds the window's maximum."""
     batch, height, width, channels = x.shape
     padded = np.pad(x, ((0, 0), (padding,) * 2, (padding,) * 2, (0, 0)), constant_values=-np.inf)
-    out_h = (height + 2 * padding - window) // stride + 1
-    out_w = (width + 2 * padding - window) // stride + 1
+    out_h = output_size(height, window, stride, padding)
+    out_w = output_size(width, window, stride, padding)
     pooled = np.zeros((batch, out_h, out_w, channels))
     dpadded = np.zeros_like(padded)
     for b in range(batch):
@@ -47,26 +52,18 @@ def numpy_pool(x, grad, window, stride, padding):
 def test_max_pool_matches_numpy_and_reduce_window(height, width, window, stride, padding):
     rng = np.random.default_rng(height * 100 + width)
     x = rng.integers(-2, 3, (2, height, width, 3)).astype(np.float64)
-    out_h = (height + 2 * padding - window) // stride + 1
-    out_w = (width + 2 * padding - window) // stride + 1
+    out_h = output_size(height, window, stride, padding)
+    out_w = output_size(width, window, stride, padding)
     grad = rng.integers(1, 5, (2, out_h, out_w, 3)).astype(np.float64)
     expected = numpy_pool(x, grad, window, stride, padding)
 
     def vjp(pool, x, grad):
-        pooled, back = jax.vjp(pool, x)
+        pooled, back = jax.vjp(lambda x: pool(x, window, stride, padding), x)
         return pooled, back(grad)[0]
 
-    def ours(x, grad):
-        return vjp(lambda x: pooling.max_pool(x, window, stride, padding), x, grad)
-
-    def reduce_window(x, grad):
-        pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-        dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-        return vjp(lambda x: lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads), x, grad)
-
-    for pool in (ours, reduce_window):
+    for pool in (pooling.max_pool, reduce_window):
         with float64():
-            pooled, dx = (np.asarray(a) for a in pool(x, grad))
+            pooled, dx = (np.asarray(a) for a in vjp(pool, x, grad))
         np.testing.assert_array_equal(pooled, expected[0])
         np.testing.assert_array_equal(dx, expected[1])
 
@@ -80,8 +77,7 @@ def test_max_pool_under_jit_keeps_dtype_and_routes_as_reduce_window(dtype):
     def grad(pool):
         return jax.jit(jax.value_and_grad(lambda v: pool(v).astype(jnp.float32).sum()))(x)
 
-    dims, strides, pads = (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
-    theirs = grad(lambda v: lax.reduce_window(v, -jnp.inf, lax.max, dims, strides, pads))
+    theirs = grad(lambda v: reduce_window(v, 3, 2, 1))
     ours = grad(lambda v: pooling.max_pool(v, 3, 2, 1))
     assert ours[1].dtype == dtype and pooling.max_pool(x, 3, 2, 1).shape == (2, 7, 7, 4)
     np.testing.assert_array_equal(np.float32(ours[0]), np.float32(theirs[0]))
