@@ -34,7 +34,9 @@ class CompiledStep:
         jax.block_until_ready((self.state, self.metrics))
 
 
-def compile_step(config) -> CompiledStep:
+def compile_step(config, compiler_options: dict | None = None) -> CompiledStep:
+    """The config's train step, compiled; `compiler_options` ({XLA debug option: value}) override
+    the process's `XLA_FLAGS` for this compilation."""
     family = models.get(config.model)
     mesh = sharding.make_mesh(config.mesh)
     data = pipeline.training_input(config, family.train_examples, mesh)
@@ -48,7 +50,8 @@ def compile_step(config) -> CompiledStep:
     step_fn, metrics_class = update.make_train_step(config, family, layout, mesh, data)
     metrics = jax.device_put(metrics_class.empty(), sharding.replicated(mesh))
     start = time.perf_counter()
-    compiled = step_fn.lower(state, metrics, data.arrays, batch, jnp.int32(0)).compile()
+    lowered = step_fn.lower(state, metrics, data.arrays, batch, jnp.int32(0))
+    compiled = lowered.compile(compiler_options)
     compile_s = time.perf_counter() - start
     return CompiledStep(
         compiled,

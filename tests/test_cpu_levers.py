@@ -1,9 +1,14 @@
-"""benchmarks/cpu_levers.py, conv_threads.py and profile_step.py end to end on tiny inputs: each
-lever's process, its table row, and "same bits" telling a lever that computes the baseline's
-parameters from one that does not; each layer's row with both convolution settings; a step's
-traced ops."""
+"""benchmarks/cpu_levers.py, compile_options.py, conv_threads.py and profile_step.py end to end on
+tiny inputs: each lever's process, its table row, and "same bits" telling a lever that computes
+the baseline's parameters from one that does not; compiler options that reproduce what the same
+option in `XLA_FLAGS` computes; each layer's row with both convolution settings; a step's traced
+ops."""
 
-from helpers import run_benchmark, table_rows
+import os
+import subprocess
+import sys
+
+from helpers import ROOT, run_benchmark, table_rows
 
 
 def test_levers_table_on_the_tiny_vae():
@@ -24,6 +29,35 @@ def test_levers_table_on_the_tiny_vae():
     assert rows["two_devices"][-1] == "differ" and rows["concurrency_scheduler"][-1] == "same"
     for cells in rows.values():
         assert float(cells[0].split()[0]) > 0 and float(cells[2]) > 0
+
+
+def test_compile_options_reproduce_the_same_setting_given_in_xla_flags():
+    """A setting given as compiler options computes what the same setting in `XLA_FLAGS` does:
+    in a process started with XLA's defaults in `XLA_FLAGS` (`jvision` then compiles with those),
+    the `xla_defaults` row has the same bits; under jvision's own setting it has others."""
+    command = [sys.executable, os.path.join("benchmarks", "compile_options.py")]
+    tiny = ["--configs=vae_mnist:tiny", "--rounds=2", "--steps=1"]
+    bits = {}
+    for flags in ("", "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"):
+        env = {**os.environ, "XLA_FLAGS": flags}
+        settings = "--settings=xla_defaults,no_ynnpack,jvision"
+        done = subprocess.run(
+            [*command, *tiny, settings], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        rows = {cells[1]: cells[2:] for cells in table_rows(done.stdout)}
+        assert list(rows) == ["jvision", "xla_defaults", "no_ynnpack"], done.stdout
+        assert rows["jvision"][1] == "1.00×" and rows["jvision"][-1] == "same"
+        assert all(
+            float(cells[0].split()[0]) > 0 and float(cells[2]) > 0 for cells in rows.values()
+        )
+        bits[flags] = rows["xla_defaults"][-1]
+    assert bits == {
+        "": "differ",
+        "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution": "same",
+    }
+    done = run_benchmark("compile_options.py", *tiny, "--settings=jvision,no_such_setting")
+    assert done.returncode == 2 and "no_such_setting" in done.stderr, done.stderr[-2000:]
 
 
 def test_conv_threads_times_every_layer_under_both_settings():

@@ -1,0 +1,129 @@
+"""Which XLA:CPU library runs what, compared inside one process: a config's train step compiled
+once per setting, the settings taking turns.
+
+    python benchmarks/compile_options.py --configs=vae_mnist,patchvae_mnist [--settings=...]
+        [--rounds=8] [--steps=20]
+
+A config is a file of configs/ by name, with its argument if any (`vae_mnist:tiny`).
+
+XLA:CPU (jaxlib 0.10.2) hands some ops to YNNPACK (`ynn_fusion` in a compiled step's HLO): which
+kinds is the debug option `xla_cpu_experimental_ynn_fusion_type`, given here per compilation
+(`compiler_options`) rather than in `XLA_FLAGS`, so every setting runs in the same process:
+separate starts of one program can differ by 20-40 % on a small host, where one process's
+settings, taking turns, share whatever drift the host has.
+
+Each setting's step is compiled on the config's first batch and takes 3 warm-up steps; the
+digest of its state then says whether it computes jvision's bits ("same"). Then `--rounds`
+rounds, each timing `--steps` steps of every setting in turn. Prints the machine and a Markdown
+table: the median ms/step over the rounds (min-max), the speed-up over jvision's setting, the
+process's CPU time / wall time while that setting ran, and the bits. Run it alone.
+"""
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import jvision  # noqa: E402, F401  (jvision's XLA:CPU settings, before JAX's first computation)
+
+OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def ynnpack(*kinds: str) -> dict:
+    """The compiler option that gives YNNPACK these kinds of ops, and no other."""
+    return {OPTION: ",".join(f"LIBRARY_FUSION_TYPE_{kind.upper()}" for kind in kinds)}
+
+
+# name: (compiler options, what YNNPACK runs). `jvision` compiles with none: the process's
+# settings (jvision/xla_cpu.py), which every other row is timed against.
+SETTINGS = {
+    "jvision": ({}, "matmuls and reductions (jvision's setting: convolutions in Eigen)"),
+    "xla_defaults": (
+        ynnpack("individual_dot", "individual_convolution", "reduce"),
+        "matmuls, convolutions and reductions (XLA's defaults)",
+    ),
+    "xla_reductions": (ynnpack("individual_dot"), "matmuls; reductions in XLA's own loops"),
+    "eigen_dots": (ynnpack("reduce"), "reductions; matmuls in Eigen"),
+    "no_ynnpack": (ynnpack(), "nothing: matmuls in Eigen, reductions in XLA's loops"),
+}
+
+
+def digest(state) -> str:
+    import jax
+    import numpy as np
+
+    sha = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        sha.update(np.asarray(leaf).tobytes())
+    return sha.hexdigest()[:16]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="vae_mnist,patchvae_mnist")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    names = args.settings.split(",")
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown:
+        parser.error(f"no setting {', '.join(unknown)}; the settings: {', '.join(SETTINGS)}")
+    names = ["jvision"] + [name for name in names if name != "jvision"]  # The reference.
+
+    import time
+
+    sys.path.insert(0, HERE)
+    from jvision_step import compile_step
+    from machine import ThreadMeter, cpu_info
+
+    from jvision import config_files
+
+    info = cpu_info()
+    print(
+        f"# CPU {info['cpu']} ({', '.join(info['cpu_flags'])}), {os.cpu_count()} logical CPUs; "
+        f"{args.rounds} rounds of {args.steps} steps",
+        flush=True,
+    )
+    print("| config | setting | ms/step (min-max) | vs jvision | CPU/wall | bits |")
+    print("|---|---|---|---|---|---|")
+    for config_name in args.configs.split(","):
+        name, colon, arg = config_name.partition(":")
+        path = os.path.join(os.path.dirname(HERE), "configs", name + ".py")
+        config = config_files.load(path + colon + arg)
+        steps, digests = {}, {}
+        for setting in names:
+            steps[setting] = compile_step(config, SETTINGS[setting][0] or None)
+            steps[setting].run(0, 3)
+            digests[setting] = digest(steps[setting].state)
+        times = {setting: [] for setting in names}
+        meters = {setting: ThreadMeter() for setting in names}
+        for _ in range(args.rounds):
+            for setting in names:
+                with meters[setting]:
+                    start = time.perf_counter()
+                    steps[setting].run(3, args.steps)
+                    times[setting].append((time.perf_counter() - start) / args.steps * 1e3)
+        reference = statistics.median(times["jvision"])
+        for setting in names:
+            ms = times[setting]
+            median = statistics.median(ms)
+            same = "same" if digests[setting] == digests["jvision"] else "differ"
+            print(
+                f"| `{config_name}` | {setting} | {median:.1f} ({min(ms):.1f}-{max(ms):.1f}) | "
+                f"{reference / median:.2f}× | {meters[setting].cpu_per_wall():.2f} | {same} |",
+                flush=True,
+            )
+    print()
+    for setting in names:
+        options, what = SETTINGS[setting]
+        value = f" (`{OPTION}={options[OPTION]}`)" if options else ""
+        print(f"- {setting}: YNNPACK runs {what}{value}")
+
+
+if __name__ == "__main__":
+    main()
