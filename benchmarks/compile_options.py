@@ -8,15 +8,18 @@ A config is a file of configs/ by name, with its argument if any (`vae_mnist:tin
 
 XLA:CPU (jaxlib 0.10.2) hands some ops to YNNPACK (`ynn_fusion` in a compiled step's HLO): which
 kinds is the debug option `xla_cpu_experimental_ynn_fusion_type`, given here per compilation
-(`compiler_options`) rather than in `XLA_FLAGS`, so every setting runs in the same process:
-separate starts of one program can differ by 20-40 % on a small host, where one process's
-settings, taking turns, share whatever drift the host has.
+(`compiler_options`) rather than in `XLA_FLAGS`, so that every setting runs in the same process
+and the settings, taking turns, share whatever drift the host has (separate starts of one
+program differ more: docs/speed.md).
 
-Each setting's step is compiled on the config's first batch and takes 3 warm-up steps; the
-digest of its state then says whether it computes jvision's bits ("same"). Then `--rounds`
-rounds, each timing `--steps` steps of every setting in turn. Prints the machine and a Markdown
-table: the median ms/step over the rounds (min-max), the speed-up over jvision's setting, the
-process's CPU time / wall time while that setting ran, and the bits. Run it alone.
+Each setting's step is compiled on the config's first batch (each with its own input pipeline
+and state: the memory of one training run per setting) and takes 3 warm-up steps; the digest of
+its state then says whether it computes the `jvision` row's bits ("same"). Then `--rounds`
+rounds, each timing `--steps` steps of every setting in turn. Prints the machine and the
+process's `XLA_FLAGS` (what the `jvision` row compiles with), then a Markdown table: the
+compiled step's YNNPACK ops, the median ms/step over the rounds (min-max), the speed-up over
+the `jvision` row, the process's CPU time / wall time while that setting ran, and the bits.
+Run it alone.
 """
 
 import argparse
@@ -39,9 +42,10 @@ def ynnpack(*kinds: str) -> dict:
 
 
 # name: (compiler options, what YNNPACK runs). `jvision` compiles with none: the process's
-# settings (jvision/xla_cpu.py), which every other row is timed against.
+# settings (jvision/xla_cpu.py, unless `XLA_FLAGS` sets the option), the row the others are
+# timed against.
 SETTINGS = {
-    "jvision": ({}, "matmuls and reductions (jvision's setting: convolutions in Eigen)"),
+    "jvision": ({}, "what `XLA_FLAGS` gives (jvision's setting: matmuls and reductions)"),
     "xla_defaults": (
         ynnpack("individual_dot", "individual_convolution", "reduce"),
         "matmuls, convolutions and reductions (XLA's defaults)",
@@ -69,7 +73,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    names = args.settings.split(",")
+    names = list(dict.fromkeys(args.settings.split(",")))
+    if min(args.rounds, args.steps) < 1:
+        parser.error(f"--rounds and --steps must be at least 1, not {min(args.rounds, args.steps)}")
     unknown = [name for name in names if name not in SETTINGS]
     if unknown:
         parser.error(f"no setting {', '.join(unknown)}; the settings: {', '.join(SETTINGS)}")
@@ -86,20 +92,21 @@ def main() -> None:
     info = cpu_info()
     print(
         f"# CPU {info['cpu']} ({', '.join(info['cpu_flags'])}), {os.cpu_count()} logical CPUs; "
-        f"{args.rounds} rounds of {args.steps} steps",
+        f"{args.rounds} rounds of {args.steps} steps; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
         flush=True,
     )
-    print("| config | setting | ms/step (min-max) | vs jvision | CPU/wall | bits |")
-    print("|---|---|---|---|---|---|")
+    print("| config | setting | YNNPACK ops | ms/step (min-max) | vs jvision | CPU/wall | bits |")
+    print("|---|---|---|---|---|---|---|")
     for config_name in args.configs.split(","):
         name, colon, arg = config_name.partition(":")
         path = os.path.join(os.path.dirname(HERE), "configs", name + ".py")
         config = config_files.load(path + colon + arg)
-        steps, digests = {}, {}
+        steps, digests, ynn_ops = {}, {}, {}
         for setting in names:
             steps[setting] = compile_step(config, SETTINGS[setting][0] or None)
             steps[setting].run(0, 3)
             digests[setting] = digest(steps[setting].state)
+            ynn_ops[setting] = steps[setting].compiled.as_text().count('"__ynn_fusion"')
         times = {setting: [] for setting in names}
         meters = {setting: ThreadMeter() for setting in names}
         for _ in range(args.rounds):
@@ -114,7 +121,8 @@ def main() -> None:
             median = statistics.median(ms)
             same = "same" if digests[setting] == digests["jvision"] else "differ"
             print(
-                f"| `{config_name}` | {setting} | {median:.1f} ({min(ms):.1f}-{max(ms):.1f}) | "
+                f"| `{config_name}` | {setting} | {ynn_ops[setting]} | "
+                f"{median:.1f} ({min(ms):.1f}-{max(ms):.1f}) | "
                 f"{reference / median:.2f}× | {meters[setting].cpu_per_wall():.2f} | {same} |",
                 flush=True,
             )

@@ -13,7 +13,7 @@ def bernoulli_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     Args:
       logits: [B, ...] log-odds of each pixel being 1.
-      targets: [B, ...] values in [0, 1] (binary for a proper likelihood).
+      targets: values in [0, 1] of the same shape (binary for a proper likelihood).
     Returns:
       [B] nats.
     """
