@@ -27,9 +27,13 @@ import hashlib
 import os
 import statistics
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 import jvision  # noqa: E402, F401  (jvision's XLA:CPU settings, before JAX's first computation)
 
@@ -57,9 +61,6 @@ SETTINGS = {
 
 
 def digest(state) -> str:
-    import jax
-    import numpy as np
-
     sha = hashlib.sha256()
     for leaf in jax.tree.leaves(state):
         sha.update(np.asarray(leaf).tobytes())
@@ -80,8 +81,6 @@ def main() -> None:
     if unknown:
         parser.error(f"no setting {', '.join(unknown)}; the settings: {', '.join(SETTINGS)}")
     names = ["jvision"] + [name for name in names if name != "jvision"]  # The reference.
-
-    import time
 
     sys.path.insert(0, HERE)
     from jvision_step import compile_step
