@@ -23,7 +23,6 @@ Run it alone.
 """
 
 import argparse
-import hashlib
 import os
 import statistics
 import sys
@@ -31,9 +30,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import jvision  # noqa: E402, F401  (jvision's XLA:CPU settings, before JAX's first computation)
 
@@ -60,13 +56,6 @@ SETTINGS = {
 }
 
 
-def digest(state) -> str:
-    sha = hashlib.sha256()
-    for leaf in jax.tree.leaves(state):
-        sha.update(np.asarray(leaf).tobytes())
-    return sha.hexdigest()[:16]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="vae_mnist,patchvae_mnist")
@@ -83,10 +72,15 @@ def main() -> None:
     names = ["jvision"] + [name for name in names if name != "jvision"]  # The reference.
 
     sys.path.insert(0, HERE)
-    from jvision_step import compile_step
+    from jvision_step import compile_step, config_by_name, digest
     from machine import ThreadMeter, cpu_info
 
-    from jvision import config_files
+    from jvision.errors import UserError
+
+    try:
+        configs = {name: config_by_name(name) for name in args.configs.split(",")}
+    except UserError as error:
+        parser.error(str(error))
 
     info = cpu_info()
     print(
@@ -96,10 +90,7 @@ def main() -> None:
     )
     print("| config | setting | YNNPACK ops | ms/step (min-max) | vs jvision | CPU/wall | bits |")
     print("|---|---|---|---|---|---|---|")
-    for config_name in args.configs.split(","):
-        name, colon, arg = config_name.partition(":")
-        path = os.path.join(os.path.dirname(HERE), "configs", name + ".py")
-        config = config_files.load(path + colon + arg)
+    for config_name, config in configs.items():
         steps, digests, ynn_ops = {}, {}, {}
         for setting in names:
             steps[setting] = compile_step(config, SETTINGS[setting][0] or None)

@@ -20,7 +20,6 @@ speed-up over the baseline, CPU/wall, the other processes' cores, and the bits. 
 """
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -73,29 +72,20 @@ LEVERS = {
 def worker(config_name: str, steps: int) -> dict:
     sys.path.insert(0, HERE)
     import jax
-    import numpy as np
-    from jvision_step import compile_step
+    from jvision_step import compile_step, config_by_name, digest
     from machine import ThreadMeter
 
-    from jvision import config_files
-
-    name, colon, arg = config_name.partition(":")
-    path = os.path.join(os.path.dirname(HERE), "configs", name + ".py")
-    config = config_files.load(path + colon + arg)
-    step = compile_step(config)
+    step = compile_step(config_by_name(config_name))
     step.run(0, 3)
     with ThreadMeter() as meter:
         start = time.perf_counter()
         step.run(3, steps)
         seconds = time.perf_counter() - start
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(step.state):
-        digest.update(np.asarray(leaf).tobytes())
     return {
         "ms": seconds / steps * 1e3,
         "cpu_per_wall": meter.cpu_per_wall(),
         "others_per_wall": meter.others_per_wall(),
-        "digest": digest.hexdigest()[:16],
+        "digest": digest(step.state),
         "devices": jax.device_count(),
         "compile_s": step.compile_s,
     }

@@ -1,7 +1,9 @@
 """jvision's train step for a config, compiled on the config's first training batch: what
-`step_time.py` and `compare.py` time."""
+`step_time.py`, `compare.py`, `cpu_levers.py` and `compile_options.py` time."""
 
 import dataclasses
+import hashlib
+import os
 import time
 from typing import Any
 
@@ -9,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jvision import models, sharding, update
+from jvision import config_files, models, sharding, update
 from jvision.data import pipeline
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 @dataclasses.dataclass
@@ -32,6 +36,20 @@ class CompiledStep:
                 self.state, self.metrics, self.arrays, self.batch, jnp.int32(step)
             )
         jax.block_until_ready((self.state, self.metrics))
+
+
+def config_by_name(name: str):
+    """A config of configs/ by its file's name, with its argument if any (`vae_mnist:tiny`)."""
+    file, colon, arg = name.partition(":")
+    return config_files.load(os.path.join(CONFIGS, file + ".py") + colon + arg)
+
+
+def digest(state) -> str:
+    """A short hash of every array in `state`: equal digests, the same bits."""
+    sha = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        sha.update(np.asarray(leaf).tobytes())
+    return sha.hexdigest()[:16]
 
 
 def compile_step(config, compiler_options: dict | None = None) -> CompiledStep:

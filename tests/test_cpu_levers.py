@@ -64,8 +64,9 @@ def test_compile_options_compute_what_the_same_setting_in_xla_flags_does():
     for bad, said in (
         ("--settings=jvision,no_such_setting", "no_such_setting"),
         ("--rounds=0", "at least 1"),
+        ("--configs=no_such_config", "no_such_config.py does not exist"),
     ):
-        done = run_benchmark("compile_options.py", *tiny[:1], bad)
+        done = run_benchmark("compile_options.py", *tiny[1:], bad)
         assert done.returncode == 2 and said in done.stderr, done.stderr[-2000:]
 
 
