@@ -6,13 +6,21 @@ convolution as one matmul over patches (`benchmarks/im2col.py`), and PyTorch's (
 Each row is one layer shape (batch, input size, channels, kernel, stride, as the model runs it at
 its config's batch size) with the milliseconds of a forward and backward pass (input and kernel
 gradients) in each formulation, alternated in one process at the same thread count, and which
-of XLA's two is faster: where the conv models' step time goes, and where im2col pays.
+of XLA's two is faster: where the conv models' step time goes, and where im2col pays. XLA runs
+with jvision's settings (`jvision/xla_cpu.py`: Eigen's convolutions), unless `XLA_FLAGS` sets
+the option (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`: XLA's
+default, YNNPACK's).
 """
 
 import argparse
+import os
+import sys
 import time
 
 import machine
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jvision  # noqa: E402, F401  (its XLA:CPU settings, before JAX's first computation)
 
 # (model, batch, size, cin, cout, kernel, stride, padding): the layers as the models run them
 # (SAME: PyTorch's k // 2; VALID: none).

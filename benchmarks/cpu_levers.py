@@ -5,15 +5,18 @@
 
 A config is a file of configs/ by name, with its argument if any (`vae_mnist:tiny`).
 
-Each lever is an environment a fresh process starts in (`LEVERS`: XLA flags, thread counts, two
-CPU devices that split the batch); every (config, lever) pair is timed in its own process, the
-levers taking turns within each round so that the host's drift spreads over all of them. A
-process compiles the config's step (`jvision_step.compile_step`), takes 3 warm-up steps, then
-`--steps` timed ones on one batch, and reports ms per step, its CPU time / wall time and other
-processes' CPU time on the same cores (`machine.ThreadMeter`), and a digest of the parameters
-after the steps: "same bits" says whether the lever computes what the baseline computes.
-`baseline` is XLA's defaults (the option jvision sets, set to XLA's value), `jvision` what
-jvision runs with (`jvision/xla_cpu.py`); every other lever is the baseline and one change.
+Each lever is an environment a fresh process starts in (`LEVERS`: XLA flags, malloc settings,
+thread counts, two CPU devices that split the batch); every (config, lever) pair is timed in its
+own process, the levers taking turns within each round so that the host's drift spreads over all
+of them. A process compiles the config's step (`jvision_step.compile_step`), takes 5 warm-up
+steps, then `--steps` timed ones on one batch, and reports ms per step, the page faults it took
+per step, its CPU time / wall time and other processes' CPU time on the same cores
+(`machine.ThreadMeter`), and a digest of the parameters after the steps: "same bits" says
+whether the lever computes what the baseline computes. `baseline` is what runs without
+jvision's settings (XLA's defaults: the option jvision sets, set to XLA's value; glibc's malloc
+defaults: `GLIBC_TUNABLES` set, empty), `jvision` what jvision runs with (`jvision/xla_cpu.py`,
+`jvision/host_memory.py`); `one_arena` and `sync_dispatch` are jvision's settings and one
+change, every other lever is the baseline and one change.
 
 Prints the machine, then a Markdown table: the median over rounds of ms/step (and min-max), the
 speed-up over the baseline, CPU/wall, the other processes' cores, and the bits. Run it alone.
@@ -34,55 +37,101 @@ sys.path.insert(0, os.path.dirname(HERE))
 # is set): YNNPACK convolutions.
 from jvision.xla_cpu import XLA_DEFAULTS  # noqa: E402
 
-# name: (environment variables, XLA_FLAGS, what it is). Every lever but `jvision` starts from
-# XLA's defaults.
+# glibc's malloc as it comes: jvision leaves a user's GLIBC_TUNABLES, even empty, alone.
+GLIBC_DEFAULTS = {"GLIBC_TUNABLES": ""}
+# JAX options a worker sets before its first computation (`name=value,...`; JAX reads no
+# environment variable for them).
+JAX_CONFIG = "CPU_LEVERS_JAX_CONFIG"
+
+# name: (environment variables, XLA_FLAGS, what it is). `jvision`, `malloc`, `one_arena` and
+# `sync_dispatch` keep jvision's malloc settings; every other lever starts from glibc's defaults.
 LEVERS = {
-    "baseline": ({}, XLA_DEFAULTS, "one CPU device, XLA's defaults"),
+    "baseline": (GLIBC_DEFAULTS, XLA_DEFAULTS, "one CPU device, XLA's and glibc's defaults"),
     "jvision": (
         {},
         "",
-        "jvision's settings (jvision/xla_cpu.py): convolutions in XLA:CPU's Eigen kernels "
-        "instead of YNNPACK",
+        "jvision's settings: convolutions in XLA:CPU's Eigen kernels instead of YNNPACK "
+        "(jvision/xla_cpu.py) and malloc keeping each step's scratch memory mapped "
+        "(jvision/host_memory.py)",
+    ),
+    "eigen_convolutions": (
+        GLIBC_DEFAULTS,
+        "",
+        "jvision's XLA settings alone (jvision/xla_cpu.py), glibc's malloc defaults",
+    ),
+    "malloc": (
+        {},
+        XLA_DEFAULTS,
+        "jvision's malloc settings alone (jvision/host_memory.py), XLA's defaults",
+    ),
+    "one_arena": (
+        {"MALLOC_ARENA_MAX": "1"},
+        "",
+        "jvision's settings, and every thread allocating from glibc's main heap "
+        "(which has no 64 MiB limit per heap, and one lock)",
+    ),
+    "sync_dispatch": (
+        {JAX_CONFIG: "jax_cpu_enable_async_dispatch=false"},
+        "",
+        "jvision's settings, and each step run on the Python thread that calls it "
+        "(its scratch memory then from the main heap)",
     ),
     "two_devices": (
-        {},
+        GLIBC_DEFAULTS,
         XLA_DEFAULTS + " --xla_force_host_platform_device_count=2",
         "two CPU devices: the batch split across them, each half's program on its own thread",
     ),
     "legacy_emitters": (
-        {},
+        GLIBC_DEFAULTS,
         XLA_DEFAULTS + " --xla_cpu_use_fusion_emitters=false",
         "XLA:CPU's older loop emitters for fusions",
     ),
     "concurrency_scheduler": (
-        {},
+        GLIBC_DEFAULTS,
         XLA_DEFAULTS + " --xla_cpu_enable_concurrency_optimized_scheduler=true",
         "the scheduler that orders independent ops to run concurrently",
     ),
     "xnnpack": (
-        {},
+        GLIBC_DEFAULTS,
         XLA_DEFAULTS + " --xla_cpu_use_xnnpack=true",
         "XNNPACK for dots and convolutions",
     ),
-    "onednn": ({}, XLA_DEFAULTS + " --xla_cpu_use_onednn=true", "oneDNN for dots and convolutions"),
-    "threads_3": ({"PJRT_NPROC": "3"}, XLA_DEFAULTS, "an intra-op pool of 3 threads on 2 cores"),
+    "onednn": (
+        GLIBC_DEFAULTS,
+        XLA_DEFAULTS + " --xla_cpu_use_onednn=true",
+        "oneDNN for dots and convolutions",
+    ),
+    "threads_3": (
+        {**GLIBC_DEFAULTS, "PJRT_NPROC": "3"},
+        XLA_DEFAULTS,
+        "an intra-op pool of 3 threads on 2 cores",
+    ),
 }
 
 
 def worker(config_name: str, steps: int) -> dict:
     sys.path.insert(0, HERE)
+    import resource
+
     import jax
     from jvision_step import compile_step, config_by_name, digest
     from machine import ThreadMeter
 
+    for option in filter(None, os.environ.get(JAX_CONFIG, "").split(",")):
+        name, value = option.split("=")
+        jax.config.update(name, {"true": True, "false": False}.get(value, value))
+
     step = compile_step(config_by_name(config_name))
-    step.run(0, 3)
+    step.run(0, 5)  # Each worker thread's malloc arena warm too.
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with ThreadMeter() as meter:
         start = time.perf_counter()
-        step.run(3, steps)
+        step.run(5, steps)
         seconds = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {
         "ms": seconds / steps * 1e3,
+        "faults": faults / steps,
         "cpu_per_wall": meter.cpu_per_wall(),
         "others_per_wall": meter.others_per_wall(),
         "digest": digest(step.state),
@@ -133,32 +182,39 @@ def main() -> None:
             for lever in levers:
                 runs[config_name, lever].append(run_lever(config_name, lever, args.steps))
                 print(f"{config_name} {lever}: {runs[config_name, lever][-1]}", file=sys.stderr)
-    print("| config | lever | ms/step (min-max) | vs baseline | CPU/wall | others' cores | bits |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| config | lever | ms/step (min-max) | vs baseline | page faults/step | CPU/wall "
+        "| others' cores | bits |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for config_name in configs:
-        base = [r for r in runs[config_name, "baseline"] if "ms" in r]
+        base = [r for r in runs.get((config_name, "baseline"), []) if "ms" in r]
         base_ms = statistics.median(r["ms"] for r in base) if base else None
         for lever in levers:
             good = [r for r in runs[config_name, lever] if "ms" in r]
             if not good:
                 error = runs[config_name, lever][0]["error"]
-                print(f"| `{config_name}` | {lever} | failed: {error} | | | | |")
+                print(f"| `{config_name}` | {lever} | failed: {error} | | | | | |")
                 continue
             ms = [r["ms"] for r in good]
             median = statistics.median(ms)
             ratio = f"{base_ms / median:.2f}×" if base_ms else "—"
-            same = "same" if base and good[0]["digest"] == base[0]["digest"] else "differ"
+            same = (
+                "—" if not base else "same" if good[0]["digest"] == base[0]["digest"] else "differ"
+            )
             cpu = statistics.median(r["cpu_per_wall"] for r in good)
             others = max(r["others_per_wall"] for r in good)
+            faults = statistics.median(r["faults"] for r in good)
             print(
                 f"| `{config_name}` | {lever} | {median:.1f} ({min(ms):.1f}-{max(ms):.1f}) | "
-                f"{ratio} | {cpu:.2f} | {others:.2f} | {same} |"
+                f"{ratio} | {faults:,.0f} | {cpu:.2f} | {others:.2f} | {same} |"
             )
     print()
     for lever in levers:
         variables, flags, what = LEVERS[lever]
-        if lever != "baseline":  # The baseline's setting is every other lever's too.
+        if lever != "baseline":  # The baseline's settings are every other lever's too.
             flags = flags.replace(XLA_DEFAULTS, "").strip()
+            variables = {k: v for k, v in variables.items() if GLIBC_DEFAULTS.get(k) != v}
         setting = " ".join([*(f"{k}={v}" for k, v in variables.items()), flags]).strip()
         print(f"- {lever}: {what}" + (f" (`{setting}`)" if setting else ""))
 

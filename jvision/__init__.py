@@ -1,5 +1,6 @@
 """jvision: JAX/Flax generative and detection models for computer vision."""
 
+from jvision import host_memory as _host_memory
 from jvision import xla_cpu as _xla_cpu
 from jvision.safety import stops as _stops
 
@@ -11,3 +12,4 @@ if _stops.starting_command():
     _stops.stop_while_starting()
 
 _xla_cpu.apply()
+_host_memory.apply()

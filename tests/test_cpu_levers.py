@@ -13,7 +13,7 @@ from helpers import ROOT, run_benchmark, table_rows
 
 def test_levers_table_on_the_tiny_vae():
     tiny = ("--configs=vae_mnist:tiny", "--rounds=1", "--steps=2")
-    levers = "baseline,two_devices,concurrency_scheduler"
+    levers = "baseline,two_devices,concurrency_scheduler,malloc"
     done = run_benchmark("cpu_levers.py", *tiny, f"--levers={levers},no_such_lever")
     assert done.returncode == 2 and "no_such_lever" in done.stderr, done.stderr[-2000:]
     done = run_benchmark("cpu_levers.py", *tiny, f"--levers={levers}")
@@ -23,12 +23,15 @@ def test_levers_table_on_the_tiny_vae():
         for line in done.stdout.splitlines()
         if line.startswith("| `vae_mnist:tiny`")
     }
-    assert set(rows) == {"baseline", "two_devices", "concurrency_scheduler"}, done.stdout
+    assert set(rows) == {"baseline", "two_devices", "concurrency_scheduler", "malloc"}, done.stdout
     assert rows["baseline"][1] == "1.00×" and rows["baseline"][-1] == "same"
-    # Two devices sum the batch's gradient in another order; the scheduler only reorders.
+    # Two devices sum the batch's gradient in another order; the scheduler only reorders; malloc
+    # only moves the bytes.
     assert rows["two_devices"][-1] == "differ" and rows["concurrency_scheduler"][-1] == "same"
+    assert rows["malloc"][-1] == "same"
     for cells in rows.values():
-        assert float(cells[0].split()[0]) > 0 and float(cells[2]) > 0
+        assert float(cells[0].split()[0]) > 0 and float(cells[3]) > 0
+        assert float(cells[2].replace(",", "")) >= 0  # Page faults per step.
 
 
 def test_compile_options_compute_what_the_same_setting_in_xla_flags_does():
