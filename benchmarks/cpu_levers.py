@@ -19,7 +19,8 @@ defaults: `GLIBC_TUNABLES` set, empty), `jvision` what jvision runs with (`jvisi
 change, every other lever is the baseline and one change.
 
 Prints the machine, then a Markdown table: the median over rounds of ms/step (and min-max), the
-speed-up over the baseline, CPU/wall, the other processes' cores, and the bits. Run it alone.
+speed-up over the baseline, page faults per step, CPU/wall, the other processes' cores, and the
+bits. Run it alone.
 """
 
 import argparse
@@ -42,6 +43,13 @@ GLIBC_DEFAULTS = {"GLIBC_TUNABLES": ""}
 # JAX options a worker sets before its first computation (`name=value,...`; JAX reads no
 # environment variable for them).
 JAX_CONFIG = "CPU_LEVERS_JAX_CONFIG"
+# What a lever says about malloc, and nothing else: the caller's own settings are not passed on.
+MALLOC_ENVIRONMENT = (
+    "GLIBC_TUNABLES",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_ARENA_MAX",
+)
 
 # name: (environment variables, XLA_FLAGS, what it is). `jvision`, `malloc`, `one_arena` and
 # `sync_dispatch` keep jvision's malloc settings; every other lever starts from glibc's defaults.
@@ -142,7 +150,8 @@ def worker(config_name: str, steps: int) -> dict:
 
 def run_lever(config_name: str, lever: str, steps: int) -> dict:
     variables, flags, _ = LEVERS[lever]
-    env = {**os.environ, **variables}
+    inherited = {k: v for k, v in os.environ.items() if k not in (*MALLOC_ENVIRONMENT, JAX_CONFIG)}
+    env = {**inherited, **variables}
     env.pop("JAX_PLATFORMS", None)
     env["XLA_FLAGS"] = flags
     command = [sys.executable, __file__, f"--worker={config_name}", f"--steps={steps}"]
@@ -212,7 +221,7 @@ def main() -> None:
     print()
     for lever in levers:
         variables, flags, what = LEVERS[lever]
-        if lever != "baseline":  # The baseline's settings are every other lever's too.
+        if lever != "baseline":  # The baseline's settings are shown once, on its own line.
             flags = flags.replace(XLA_DEFAULTS, "").strip()
             variables = {k: v for k, v in variables.items() if GLIBC_DEFAULTS.get(k) != v}
         setting = " ".join([*(f"{k}={v}" for k, v in variables.items()), flags]).strip()

@@ -1,17 +1,19 @@
 """How the host's malloc (glibc's) serves XLA:CPU's scratch memory, set when jvision is imported.
 
-Each execution of a compiled step allocates its scratch memory (the temp buffer: 35 MiB for
-PatchVAE's train step, 97 MiB for the encoding detector's) with malloc, on one of XLA's worker
-threads, and frees it when the step ends. glibc maps a block above its mmap threshold (128 KiB,
-rising as such blocks are freed to at most 32 MiB) with a fresh `mmap` and unmaps it when freed, so
-every step faulted the whole buffer in again, page by page, with the kernel zeroing each page:
-9,100 page faults per PatchVAE step (docs/speed.md, "Page faults").
+Each execution of a compiled step allocates its scratch memory (XLA's temp buffer, tens of MiB
+for the conv models' train steps) with malloc, on one of XLA's worker threads, and frees it when
+the step ends. glibc maps a block above its mmap threshold (128 KiB, rising as such blocks are
+freed to at most 32 MiB) with a fresh `mmap` and unmaps it when it is freed: under glibc's
+defaults each step faults a larger scratch in again, page by page, the kernel zeroing each page
+(docs/speed.md, "Page faults").
 
 SETTINGS raise the threshold to 256 MiB and keep up to 512 MiB of freed memory mapped: a step's
 scratch is then served from malloc's heaps and reused by the next step. Limits and costs:
 - A worker thread allocates from its own heap (glibc's per-thread arena), which holds at most
-  64 MiB: a larger buffer (the encoding detector's) is still mapped afresh at every step.
-- Memory freed below 512 MiB stays with the process; its resident size does not shrink back.
+  64 MiB: a larger buffer (the encoding detector's, the paper's DRAW's) is still mapped afresh
+  at every step.
+- Each worker thread that runs a step keeps its own block: the first step on a thread faults the
+  scratch in once more, and memory freed below 512 MiB stays with the process.
 - Numbers are unchanged: only where the bytes live moves.
 
 A user's own malloc settings are kept: with `GLIBC_TUNABLES`, `MALLOC_MMAP_THRESHOLD_` or
@@ -31,13 +33,15 @@ USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESH
 def apply() -> bool:
     """Sets SETTINGS for this process's malloc; False where the user's settings or a malloc
     other than glibc's are kept."""
-    if any(name in os.environ for name in USER_SETTINGS) or not _glibc():
+    if any(name in os.environ for name in USER_SETTINGS) or not is_glibc():
         return False
     mallopt = ctypes.CDLL(None).mallopt  # The process's own C library.
-    return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items())
+    taken = [mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items()]
+    return all(taken)  # Each is set on its own: an older glibc may refuse a threshold this high.
 
 
-def _glibc() -> bool:
+def is_glibc() -> bool:
+    """Whether this process's C library is GNU's."""
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):  # Not a GNU C library (or not POSIX).
