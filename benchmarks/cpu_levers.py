@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 # What XLA does when nothing is set (jvision, imported, adds its own settings unless the option
 # is set): YNNPACK convolutions.
+from jvision import host_memory  # noqa: E402
 from jvision.xla_cpu import XLA_DEFAULTS  # noqa: E402
 
 # glibc's malloc as it comes: jvision leaves a user's GLIBC_TUNABLES, even empty, alone.
@@ -44,12 +45,7 @@ GLIBC_DEFAULTS = {"GLIBC_TUNABLES": ""}
 # environment variable for them).
 JAX_CONFIG = "CPU_LEVERS_JAX_CONFIG"
 # What a lever says about malloc, and nothing else: the caller's own settings are not passed on.
-MALLOC_ENVIRONMENT = (
-    "GLIBC_TUNABLES",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-    "MALLOC_ARENA_MAX",
-)
+MALLOC_ENVIRONMENT = (*host_memory.USER_SETTINGS, "MALLOC_ARENA_MAX")
 
 # name: (environment variables, XLA_FLAGS, what it is). `jvision`, `malloc`, `one_arena` and
 # `sync_dispatch` keep jvision's malloc settings; every other lever starts from glibc's defaults.
