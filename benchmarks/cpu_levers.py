@@ -15,8 +15,9 @@ per step, its CPU time / wall time and other processes' CPU time on the same cor
 whether the lever computes what the baseline computes. `baseline` is what runs without
 jvision's settings (XLA's defaults: the option jvision sets, set to XLA's value; glibc's malloc
 defaults: `GLIBC_TUNABLES` set, empty), `jvision` what jvision runs with (`jvision/xla_cpu.py`,
-`jvision/host_memory.py`); `one_arena` and `sync_dispatch` are jvision's settings and one
-change, every other lever is the baseline and one change.
+`jvision/host_memory.py`); `one_temp_buffer`, `small_top_pad`, `one_arena` and
+`sync_dispatch` are jvision's settings and one change, every other lever is the baseline and one
+change.
 
 Prints the machine, then a Markdown table: the median over rounds of ms/step (and min-max), the
 speed-up over the baseline, page faults per step, CPU/wall, the other processes' cores, and the
@@ -35,8 +36,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 # What XLA does when nothing is set (jvision, imported, adds its own settings unless the option
-# is set): YNNPACK convolutions.
-from jvision import host_memory  # noqa: E402
+# is set): YNNPACK convolutions, one temp buffer.
+from jvision import host_memory, xla_cpu  # noqa: E402
 from jvision.xla_cpu import XLA_DEFAULTS  # noqa: E402
 
 # glibc's malloc as it comes: jvision leaves a user's GLIBC_TUNABLES, even empty, alone.
@@ -46,27 +47,47 @@ GLIBC_DEFAULTS = {"GLIBC_TUNABLES": ""}
 JAX_CONFIG = "CPU_LEVERS_JAX_CONFIG"
 # What a lever says about malloc, and nothing else: the caller's own settings are not passed on.
 MALLOC_ENVIRONMENT = (*host_memory.USER_SETTINGS, "MALLOC_ARENA_MAX")
+# XLA's own scratch, one temp buffer: jvision's settings less the pieces.
+PIECES = "xla_multiheap_size_constraint_per_heap"
+ONE_TEMP_BUFFER = f"--{PIECES}={xla_cpu.OPTIONS[PIECES][1]}"
+# jvision's malloc settings less its top pad (glibc's, 128 KiB), as glibc's own variables.
+SMALL_TOP_PAD = {
+    "MALLOC_MMAP_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_MMAP_THRESHOLD]),
+    "MALLOC_TRIM_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_TRIM_THRESHOLD]),
+    "MALLOC_TOP_PAD_": str(128 << 10),
+}
 
-# name: (environment variables, XLA_FLAGS, what it is). `jvision`, `malloc`, `one_arena` and
-# `sync_dispatch` keep jvision's malloc settings; every other lever starts from glibc's defaults.
+# name: (environment variables, XLA_FLAGS, what it is). `jvision`, `malloc`, `one_temp_buffer`,
+# `small_top_pad`, `one_arena` and `sync_dispatch` keep jvision's malloc settings (or all but
+# one); every other lever starts from glibc's defaults.
 LEVERS = {
     "baseline": (GLIBC_DEFAULTS, XLA_DEFAULTS, "one CPU device, XLA's and glibc's defaults"),
     "jvision": (
         {},
         "",
-        "jvision's settings: convolutions in XLA:CPU's Eigen kernels instead of YNNPACK "
-        "(jvision/xla_cpu.py) and malloc keeping each step's scratch memory mapped "
-        "(jvision/host_memory.py)",
+        "jvision's settings: convolutions in XLA:CPU's Eigen kernels instead of YNNPACK and the "
+        "step's scratch in pieces of at most 56 MiB (jvision/xla_cpu.py), malloc keeping each "
+        "step's scratch memory mapped (jvision/host_memory.py)",
     ),
     "eigen_convolutions": (
         GLIBC_DEFAULTS,
-        "",
-        "jvision's XLA settings alone (jvision/xla_cpu.py), glibc's malloc defaults",
+        ONE_TEMP_BUFFER,
+        "jvision's convolution setting alone (jvision/xla_cpu.py), glibc's malloc defaults",
     ),
     "malloc": (
         {},
         XLA_DEFAULTS,
         "jvision's malloc settings alone (jvision/host_memory.py), XLA's defaults",
+    ),
+    "one_temp_buffer": (
+        {},
+        ONE_TEMP_BUFFER,
+        "jvision's settings, but the step's scratch in one buffer, as XLA makes it",
+    ),
+    "small_top_pad": (
+        SMALL_TOP_PAD,
+        "",
+        "jvision's settings, but glibc's own top pad (a thread's emptied extra heap unmapped)",
     ),
     "one_arena": (
         {"MALLOC_ARENA_MAX": "1"},

@@ -1,6 +1,6 @@
 """How the host's malloc (glibc's) serves XLA:CPU's scratch memory, set when jvision is imported.
 
-Each execution of a compiled step allocates its scratch memory (XLA's temp buffer, tens of MiB
+Each execution of a compiled step allocates its scratch memory (XLA's temp buffers, tens of MiB
 for the conv models' train steps) with malloc, on one of XLA's worker threads, and frees it when
 the step ends. glibc maps a block above its mmap threshold (128 KiB, rising as such blocks are
 freed to at most 32 MiB) with a fresh `mmap` and unmaps it when it is freed: under glibc's
@@ -8,26 +8,37 @@ defaults each step faults a larger scratch in again, page by page, the kernel ze
 (docs/speed.md, "Page faults").
 
 SETTINGS raise the threshold to 256 MiB and keep up to 512 MiB of freed memory mapped: a step's
-scratch is then served from malloc's heaps and reused by the next step. Limits and costs:
-- A worker thread allocates from its own heap (glibc's per-thread arena), which holds at most
-  64 MiB: a larger buffer (the encoding detector's, the paper's DRAW's) is still mapped afresh
-  at every step.
-- Each worker thread that runs a step keeps its own block: the first step on a thread faults the
-  scratch in once more, and memory freed below 512 MiB stays with the process.
+scratch is then served from malloc's heaps and reused by the next step. A worker thread allocates
+from its own heaps (glibc's per-thread arena), each of at most 64 MiB, and a larger block is
+still mapped afresh: jvision has XLA split a larger scratch into pieces that fit (`xla_cpu.py`).
+A scratch in pieces spans several heaps, and glibc unmaps a thread's last heap when it empties
+unless the heap before it has less free room than malloc's top pad: SETTINGS make the pad 64 MiB,
+a whole heap, so the heaps stay. Limits and costs:
+- Each worker thread that runs a step keeps its own blocks: the first step on a thread faults the
+  scratch in once more. Memory freed below 512 MiB stays with the process, and a thread's heaps
+  are never given back: each thread's peak stays.
+- The pad costs no resident memory, but commits address space: 64 MiB for each new thread heap
+  and more at each growth of the main heap (it counts where the kernel limits overcommitment).
+- A single intermediate above 64 MiB is still mapped afresh at every step.
 - Numbers are unchanged: only where the bytes live moves.
 
-A user's own malloc settings are kept: with `GLIBC_TUNABLES`, `MALLOC_MMAP_THRESHOLD_` or
-`MALLOC_TRIM_THRESHOLD_` in the environment (even empty, which keeps glibc's defaults), or
-outside glibc (macOS, musl), nothing is set.
+A user's own malloc settings are kept: with `GLIBC_TUNABLES`, `MALLOC_MMAP_THRESHOLD_`,
+`MALLOC_TRIM_THRESHOLD_` or `MALLOC_TOP_PAD_` in the environment (even empty, which keeps glibc's
+defaults), or outside glibc (macOS, musl), nothing is set.
 """
 
 import ctypes
 import os
 
 # mallopt(3) parameter: value in bytes.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-SETTINGS = {M_MMAP_THRESHOLD: 256 << 20, M_TRIM_THRESHOLD: 512 << 20}
-USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+SETTINGS = {M_MMAP_THRESHOLD: 256 << 20, M_TRIM_THRESHOLD: 512 << 20, M_TOP_PAD: 64 << 20}
+USER_SETTINGS = (
+    "GLIBC_TUNABLES",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
 
 
 def apply() -> bool:

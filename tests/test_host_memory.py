@@ -1,6 +1,8 @@
-"""jvision's malloc settings: a compiled step's scratch memory is reused from step to step (the
-median step takes no page faults), and a user's own malloc settings are left alone."""
+"""jvision's malloc settings (and XLA's scratch in pieces, `xla_cpu.py`): a compiled step's
+scratch memory is reused from step to step (the median step takes no page faults), also when it
+is larger than one of glibc's per-thread heaps, and a user's own malloc settings are left alone."""
 
+import resource
 import statistics
 import subprocess
 import sys
@@ -8,7 +10,7 @@ import sys
 import pytest
 from helpers import ROOT
 
-from jvision import host_memory
+from jvision import host_memory, xla_cpu
 
 pytestmark = pytest.mark.skipif(not host_memory.is_glibc(), reason="the settings are glibc's")
 
@@ -41,9 +43,56 @@ for call in range(30):
 """
 
 
+# 72 MiB of scratch: two 3072² float32 intermediates live at once, more than the 64 MiB one of
+# glibc's per-thread heaps holds.
+TWO_HEAPS = """
+import resource
+import jax, jax.numpy as jnp
+@jax.jit
+def step(x, w, v):
+    a, b = jnp.tanh(x @ w), jnp.sin(x @ v)
+    return ((a * b) @ w.T).sum() + (a @ v.T).sum() + (b @ w.T).sum()
+x, w, v = jnp.full((3072, 64), 1e-2), jnp.full((64, 3072), 1e-2), jnp.full((64, 3072), 2e-2)
+assert 70 << 20 < step.lower(x, w, v).compile().memory_analysis().temp_size_in_bytes < 80 << 20
+for call in range(30):
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step(x, w, v).block_until_ready()
+    if call >= 10:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+
+# glibc alone: a thread allocates three 30 MiB blocks (two of its 64 MiB heaps), writes them and
+# frees them, 8 times; prints the page faults of the last 7 times.
+HEAPS = """
+import ctypes, resource, threading
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rounds():
+    for time in range(8):
+        faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        blocks = [libc.malloc(30 << 20) for _ in range(3)]
+        for block in blocks:
+            ctypes.memset(block, 1, 30 << 20)
+        for block in blocks:
+            libc.free(block)
+        if time:
+            print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults)
+thread = threading.Thread(target=rounds)
+thread.start()
+thread.join()
+"""
+
+
+def _pages(mib: int) -> int:
+    return (mib << 20) // resource.getpagesize()
+
+
 def _faults(code: str, **env) -> float:
-    """The median page faults per call of `code`'s calls."""
-    env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", **env}
+    """The median page faults per call of `code`'s calls. XLA's pool has 2 threads (it has one per
+    core): a call that lands on a thread for the first time faults its scratch in, and on many
+    cores most calls would."""
+    env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "PJRT_NPROC": "2", **env}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -53,13 +102,38 @@ def _faults(code: str, **env) -> float:
 
 @pytest.mark.skipif(_huge_pages_always(), reason="2 MiB pages: few faults to count either way")
 def test_a_steps_scratch_memory_is_reused():
-    """glibc's defaults map the 36 MiB afresh at each call (9,216 pages faulted in and zeroed);
-    with jvision imported, a call reuses it (a call that lands on a worker thread for the first
-    time still faults it in: the median call does not)."""
+    """glibc's defaults map the 36 MiB afresh at each call (9,216 pages of 4 KiB faulted in and
+    zeroed); with jvision imported, a call reuses it (a call that lands on a worker thread for the
+    first time still faults it in: the median call does not)."""
     defaults = _faults("import jvision" + STEP, GLIBC_TUNABLES="")  # The user's choice: kept.
     ours = _faults("import jvision" + STEP)
-    assert defaults > 9216 / 2, defaults
-    assert ours < 9216 / 20, (ours, defaults)
+    assert defaults > _pages(36) / 2, defaults
+    assert ours < _pages(36) / 20, (ours, defaults)
+
+
+@pytest.mark.skipif(_huge_pages_always(), reason="2 MiB pages: few faults to count either way")
+def test_a_scratch_larger_than_a_heap_is_reused():
+    """In one buffer, the 72 MiB are mapped afresh at each call (18,432 pages of 4 KiB); in XLA
+    pieces that fit glibc's heaps, reused."""
+    whole = _faults("import jvision" + TWO_HEAPS, XLA_FLAGS=xla_cpu.XLA_DEFAULTS)
+    ours = _faults("import jvision" + TWO_HEAPS)
+    assert whole > _pages(72) / 2, whole
+    assert ours < _pages(72) / 20, (ours, whole)
+
+
+@pytest.mark.skipif(_huge_pages_always(), reason="2 MiB pages: few faults to count either way")
+def test_a_threads_second_heap_is_kept_when_it_empties():
+    """With glibc's top pad (128 KiB), the second heap (the third block's) is unmapped when it
+    empties and its 7,680 pages of 4 KiB are faulted in again the next time; with jvision's
+    64 MiB pad it stays."""
+    ours_but_the_pad = {
+        "MALLOC_MMAP_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_MMAP_THRESHOLD]),
+        "MALLOC_TRIM_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_TRIM_THRESHOLD]),
+    }
+    small_pad = _faults(HEAPS, **ours_but_the_pad, MALLOC_TOP_PAD_=str(128 << 10))
+    ours = _faults("import jvision" + HEAPS)
+    assert small_pad > _pages(30) / 2, small_pad
+    assert ours < _pages(30) / 20, (ours, small_pad)
 
 
 def test_the_users_malloc_settings_are_kept(monkeypatch):

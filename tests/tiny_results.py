@@ -12,7 +12,8 @@ devices), each in a fresh process, on this machine's CPU: float32 rounding diffe
 so a recording is compared only on the machine that made it. Datasets that cannot be read offline
 (KITTI, CIFAR-100, ImageNet) run on TFDS's mocked data, as in the tests. `XLA_FLAGS` set in the
 environment are kept: `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
-compares with a recording made before jvision chose its XLA:CPU settings (`jvision/xla_cpu.py`).
+compares with a recording made before jvision chose its XLA:CPU settings (`jvision/xla_cpu.py`;
+the scratch's pieces, its other setting, change no bit).
 """
 
 import json
