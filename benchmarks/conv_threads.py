@@ -21,14 +21,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 from jvision import xla_cpu  # noqa: E402
 
 # name: XLA_FLAGS. XLA's defaults, and the same with jvision's convolution setting.
-CONVOLUTIONS = "xla_cpu_experimental_ynn_fusion_type"
-SETTINGS = {
-    "YNNPACK": xla_cpu.XLA_DEFAULTS,
-    "Eigen": " ".join(
-        f"--{option}={ours if option == CONVOLUTIONS else xla}"
-        for option, (ours, xla, _) in xla_cpu.OPTIONS.items()
-    ),
-}
+ONE_TEMP_BUFFER = "--xla_multiheap_size_constraint_per_heap=-1"
+SETTINGS = {"YNNPACK": xla_cpu.XLA_DEFAULTS, "Eigen": xla_cpu.flags(ONE_TEMP_BUFFER)}
 LAYERS = [  # (where, input NHWC, kernel HWIO, stride)
     ("VAE encoder", (64, 14, 14, 16), (3, 3, 16, 32), 1),
     ("VAE encoder", (64, 14, 14, 32), (3, 3, 32, 64), 2),

@@ -51,11 +51,7 @@ MALLOC_ENVIRONMENT = (*host_memory.USER_SETTINGS, "MALLOC_ARENA_MAX")
 PIECES = "xla_multiheap_size_constraint_per_heap"
 ONE_TEMP_BUFFER = f"--{PIECES}={xla_cpu.OPTIONS[PIECES][1]}"
 # jvision's malloc settings less its top pad (glibc's, 128 KiB), as glibc's own variables.
-SMALL_TOP_PAD = {
-    "MALLOC_MMAP_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_MMAP_THRESHOLD]),
-    "MALLOC_TRIM_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_TRIM_THRESHOLD]),
-    "MALLOC_TOP_PAD_": str(128 << 10),
-}
+SMALL_TOP_PAD = {**host_memory.ENVIRONMENT, "MALLOC_TOP_PAD_": str(128 << 10)}
 
 # name: (environment variables, XLA_FLAGS, what it is). `jvision`, `malloc`, `one_temp_buffer`,
 # `small_top_pad`, `one_arena` and `sync_dispatch` keep jvision's malloc settings (or all but

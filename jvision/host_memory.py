@@ -33,12 +33,15 @@ import os
 # mallopt(3) parameter: value in bytes.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 SETTINGS = {M_MMAP_THRESHOLD: 256 << 20, M_TRIM_THRESHOLD: 512 << 20, M_TOP_PAD: 64 << 20}
-USER_SETTINGS = (
-    "GLIBC_TUNABLES",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-    "MALLOC_TOP_PAD_",
-)
+# The environment variable glibc reads each parameter from when a process starts.
+VARIABLES = {
+    M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_",
+    M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_",
+    M_TOP_PAD: "MALLOC_TOP_PAD_",
+}
+USER_SETTINGS = ("GLIBC_TUNABLES", *VARIABLES.values())
+# SETTINGS as those variables: a process started with them runs with jvision's settings.
+ENVIRONMENT = {VARIABLES[parameter]: str(value) for parameter, value in SETTINGS.items()}
 
 
 def apply() -> bool:

@@ -1,8 +1,8 @@
-"""benchmarks/cpu_levers.py, compile_options.py, conv_threads.py and profile_step.py end to end on
-tiny inputs: each lever's process, its table row, and "same bits" telling a lever that computes
-the baseline's parameters from one that does not; compiler options that reproduce what the same
-option in `XLA_FLAGS` computes; each layer's row with both convolution settings; a step's traced
-ops."""
+"""benchmarks/cpu_levers.py, compile_options.py, conv_threads.py, profile_step.py and
+host_drift.py end to end on tiny inputs: each lever's process, its table row, and "same bits"
+telling a lever that computes the baseline's parameters from one that does not; compiler options
+that reproduce what the same option in `XLA_FLAGS` computes; each layer's row with both
+convolution settings; a step's traced ops; the host's drift line."""
 
 import os
 import subprocess
@@ -98,3 +98,11 @@ def test_profile_step_lists_the_steps_ops_with_their_source(tmp_path):
     assert float(rows[0][1]) > 0  # The longest op took time.
     assert any(cells[3].startswith("jit(train_step)") for cells in rows), done.stdout
     assert list((tmp_path / "plugins" / "profile").glob("*/*.trace.json.gz"))
+
+
+def test_host_drift_times_the_step_twice_and_numpy_between():
+    done = run_benchmark("host_drift.py", "--config=vae_mnist:tiny", "--steps=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    words = done.stdout.split()
+    assert words[0::2] == ["step", "conv", "numpy", "step-again"], done.stdout
+    assert all(float(ms) > 0 for ms in words[1::2]), done.stdout

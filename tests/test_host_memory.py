@@ -24,42 +24,48 @@ def _huge_pages_always() -> bool:
         return False
 
 
-# A step whose scratch (XLA's temp buffer: a 3072² float32 intermediate, 36 MiB, above the 32 MiB
-# up to which glibc's own threshold rises) is allocated by an XLA worker thread at every call;
-# prints the page faults of each of its last 20 of 30 calls.
-STEP = """
+# Calls a jitted `step` on `args` 30 times, its scratch (XLA's temp buffer) between `low` and
+# `high` MiB allocated by an XLA worker thread at every call; prints the page faults of each of
+# the last 20 calls.
+CALLS = """
 import resource
-import jax, jax.numpy as jnp
-@jax.jit
-def step(x, w):
-    return (jnp.sin(jnp.tanh(x @ w)) @ w.T).sum()
-x, w = jnp.full((3072, 64), 1e-2), jnp.full((64, 3072), 1e-2)
-assert 33 << 20 < step.lower(x, w).compile().memory_analysis().temp_size_in_bytes < 60 << 20
+scratch = step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+assert low << 20 < scratch < high << 20, scratch
 for call in range(30):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step(x, w).block_until_ready()
+    step(*args).block_until_ready()
     if call >= 10:
         print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 """
 
+# 36 MiB of scratch, a 3072² float32 intermediate: above the 32 MiB up to which glibc's own
+# threshold rises.
+STEP = (
+    """
+import jax, jax.numpy as jnp
+@jax.jit
+def step(x, w):
+    return (jnp.sin(jnp.tanh(x @ w)) @ w.T).sum()
+args = jnp.full((3072, 64), 1e-2), jnp.full((64, 3072), 1e-2)
+low, high = 33, 60
+"""
+    + CALLS
+)
 
 # 72 MiB of scratch: two 3072² float32 intermediates live at once, more than the 64 MiB one of
 # glibc's per-thread heaps holds.
-TWO_HEAPS = """
-import resource
+TWO_HEAPS = (
+    """
 import jax, jax.numpy as jnp
 @jax.jit
 def step(x, w, v):
     a, b = jnp.tanh(x @ w), jnp.sin(x @ v)
     return ((a * b) @ w.T).sum() + (a @ v.T).sum() + (b @ w.T).sum()
-x, w, v = jnp.full((3072, 64), 1e-2), jnp.full((64, 3072), 1e-2), jnp.full((64, 3072), 2e-2)
-assert 70 << 20 < step.lower(x, w, v).compile().memory_analysis().temp_size_in_bytes < 80 << 20
-for call in range(30):
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step(x, w, v).block_until_ready()
-    if call >= 10:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+args = jnp.full((3072, 64), 1e-2), jnp.full((64, 3072), 1e-2), jnp.full((64, 3072), 2e-2)
+low, high = 70, 80
 """
+    + CALLS
+)
 
 # glibc alone: a thread allocates three 30 MiB blocks (two of its 64 MiB heaps), writes them and
 # frees them, 8 times; prints the page faults of the last 7 times.
@@ -126,11 +132,7 @@ def test_a_threads_second_heap_is_kept_when_it_empties():
     """With glibc's top pad (128 KiB), the second heap (the third block's) is unmapped when it
     empties and its 7,680 pages of 4 KiB are faulted in again the next time; with jvision's
     64 MiB pad it stays."""
-    ours_but_the_pad = {
-        "MALLOC_MMAP_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_MMAP_THRESHOLD]),
-        "MALLOC_TRIM_THRESHOLD_": str(host_memory.SETTINGS[host_memory.M_TRIM_THRESHOLD]),
-    }
-    small_pad = _faults(HEAPS, **ours_but_the_pad, MALLOC_TOP_PAD_=str(128 << 10))
+    small_pad = _faults(HEAPS, **{**host_memory.ENVIRONMENT, "MALLOC_TOP_PAD_": str(128 << 10)})
     ours = _faults("import jvision" + HEAPS)
     assert small_pad > _pages(30) / 2, small_pad
     assert ours < _pages(30) / 20, (ours, small_pad)
