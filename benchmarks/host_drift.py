@@ -32,12 +32,20 @@ def main() -> None:
     parser.add_argument("--config", default="vae_mnist")
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, not {args.steps}")
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jvision_step import compile_step, config_by_name
 
-    step = compile_step(config_by_name(args.config))
+    from jvision.errors import UserError
+
+    try:
+        config = config_by_name(args.config)
+    except UserError as error:
+        parser.error(str(error))
+    step = compile_step(config)
     step.run(0, 5)
     first = per_call_ms(lambda: step.run(5, args.steps), 1) / args.steps
     images, kernel = jnp.ones((64, 28, 28, 32)), jnp.ones((3, 3, 32, 64))

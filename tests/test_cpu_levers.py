@@ -106,3 +106,8 @@ def test_host_drift_times_the_step_twice_and_numpy_between():
     words = done.stdout.split()
     assert words[0::2] == ["step", "conv", "numpy", "step-again"], done.stdout
     assert all(float(ms) > 0 for ms in words[1::2]), done.stdout
+    refusals = (("--steps=0", "at least 1"), ("--config=no_such", "no_such.py does not exist"))
+    for bad, said in refusals:
+        done = run_benchmark("host_drift.py", bad)
+        assert done.returncode == 2 and said in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
